@@ -1,0 +1,21 @@
+//! Tidewater core: the normalized change-event model shared by every connector.
+//!
+//! Connectors (sources and sinks) depend only on this crate; the engine sees connectors
+//! only through the [`Source`] and [`Sink`] traits defined here. Nothing in this crate does
+//! I/O: it holds the vocabulary (values, schemas, events, positions, error classes) and the
+//! delivery contracts.
+
+pub mod error;
+pub mod event;
+pub mod schema;
+pub mod traits;
+pub mod value;
+
+pub use error::{ConnectorError, ErrorClass};
+pub use event::{ChangeEvent, Checkpoint, Op, Transaction};
+pub use schema::{Column, ColumnType, Engine, TableId, TableSchema};
+pub use traits::{
+    ApplyBatch, ApplyReport, DeadLetter, Sink, SnapshotChunk, Source, SourceItem, SourceProgress,
+    StreamHandle, TableChanges, TablePlan,
+};
+pub use value::Value;

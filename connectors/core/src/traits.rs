@@ -1,0 +1,179 @@
+//! The delivery contracts between sources, the engine and sinks.
+//!
+//! Order of operations is fixed: the sink commits data and checkpoint in one target
+//! transaction, and only then does the engine acknowledge the position to the source.
+//! Never the other way round.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::error::ConnectorError;
+use crate::event::{Checkpoint, Transaction};
+use crate::schema::{TableId, TableSchema};
+use crate::value::Value;
+
+/// What a streaming source hands the engine, in source commit order.
+#[derive(Debug)]
+pub enum SourceItem {
+    /// A whole committed transaction touching configured tables. Transactions arrive in
+    /// commit order, each at most once per stream, and only those strictly after the
+    /// position the stream was started from.
+    Transaction(Transaction),
+    /// The source is idle at `position`: every change for configured tables up to there has
+    /// been delivered. The engine records it as a checkpoint (so idle sources still let the
+    /// source advance) and then acknowledges it.
+    Heartbeat { position: String },
+}
+
+/// Source-side figures the status endpoint shows, updated by the source's own poller so
+/// they stay fresh even while the engine is blocked on a slow target.
+#[derive(Debug, Default)]
+pub struct SourceProgress {
+    /// The source's current write position (e.g. `pg_current_wal_lsn()`).
+    pub head_position: std::sync::Mutex<Option<String>>,
+    /// Distance in bytes between the head and the acknowledged position.
+    pub lag_bytes: std::sync::atomic::AtomicU64,
+}
+
+/// A running stream; dropping it does not stop the stream, [`StreamHandle::stop`] does.
+pub struct StreamHandle {
+    pub task: tokio::task::JoinHandle<Result<(), ConnectorError>>,
+}
+
+impl StreamHandle {
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+/// A change source.
+///
+/// Contract:
+/// - [`Source::prepare`] resolves the configured tables and makes the server-side objects
+///   the stream needs (publication); it fails `Fatal` with the fix when settings are wrong.
+/// - A snapshot is taken with [`Source::begin_snapshot`] (returns the position streaming
+///   continues from: no gap, no duplicate) and read with [`Source::snapshot_table`].
+/// - [`Source::start_stream`] yields whole transactions in commit order, strictly after the
+///   checkpoint's position. A position received on `acks` is durable in the target; the
+///   source may release everything up to it (and never more).
+#[async_trait]
+pub trait Source: Send {
+    async fn prepare(&mut self) -> Result<Vec<Arc<TableSchema>>, ConnectorError>;
+
+    /// Makes sure the stream can start without a snapshot; returns the position it starts
+    /// from (an existing slot's confirmed position, or a new slot's consistent point).
+    async fn begin_without_snapshot(&mut self) -> Result<String, ConnectorError>;
+
+    /// Starts a consistent snapshot, discarding any unfinished earlier one.
+    async fn begin_snapshot(&mut self) -> Result<String, ConnectorError>;
+
+    /// Reads one table from the snapshot, in chunks of about `chunk_rows` rows.
+    async fn snapshot_table(
+        &mut self,
+        table: &Arc<TableSchema>,
+        chunk_rows: usize,
+        out: &tokio::sync::mpsc::Sender<SnapshotChunk>,
+    ) -> Result<(), ConnectorError>;
+
+    async fn start_stream(
+        &mut self,
+        after: &Checkpoint,
+        out: tokio::sync::mpsc::Sender<SourceItem>,
+        acks: tokio::sync::watch::Receiver<Option<String>>,
+        progress: Arc<SourceProgress>,
+    ) -> Result<StreamHandle, ConnectorError>;
+}
+
+/// A chunk of rows read from a table in the initial snapshot.
+#[derive(Debug)]
+pub struct SnapshotChunk {
+    pub table: Arc<TableSchema>,
+    pub rows: Vec<Vec<Value>>,
+}
+
+/// A source table and the target table it is written to.
+#[derive(Debug, Clone)]
+pub struct TablePlan {
+    pub source: Arc<TableSchema>,
+    pub target: TableId,
+}
+
+/// The coalesced changes to one target table, applied in this order: truncate (if set),
+/// deletes, upserts. Every row is full-width in `schema`'s column order.
+#[derive(Debug, Clone)]
+pub struct TableChanges {
+    pub schema: Arc<TableSchema>,
+    pub target: TableId,
+    pub truncate: bool,
+    /// Rows whose key columns identify rows to delete.
+    pub deletes: Vec<Vec<Value>>,
+    /// Rows to insert or update by key. A row may hold [`Value::Unchanged`]: such a row
+    /// only updates its other columns of an existing target row.
+    pub upserts: Vec<Vec<Value>>,
+}
+
+/// An event the target rejected, recorded in the dead-letter table.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub source_position: String,
+    pub source_table: String,
+    pub target_table: String,
+    pub op: String,
+    pub payload: serde_json::Value,
+    pub error: String,
+}
+
+/// One target transaction: the changes of one or more whole source transactions, the dead
+/// letters found among them, and the checkpoint that covers them.
+#[derive(Debug, Clone)]
+pub struct ApplyBatch {
+    pub pipeline: String,
+    /// Segments in application order. One table may appear more than once (e.g. around a
+    /// truncate or a schema change); segments of one table are applied in order.
+    pub tables: Vec<TableChanges>,
+    pub dead_letters: Vec<DeadLetter>,
+    pub checkpoint: Checkpoint,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyReport {
+    pub rows_written: u64,
+}
+
+/// A target database.
+///
+/// Contract:
+/// - [`Sink::apply`] is atomic: data, dead letters and checkpoint commit together or not at
+///   all. It is idempotent: applying the same batch twice leaves the same target state
+///   (upserts by key, deletes by key), which is what makes restarts after a crash safe.
+/// - Errors carry an [`crate::ErrorClass`]: `Transient` means nothing was committed and
+///   the same call may be retried (the sink reconnects by itself); `Event` means a row was
+///   rejected and nothing was committed; `Fatal` needs a human.
+#[async_trait]
+pub trait Sink: Send {
+    /// Connects if needed and creates the bookkeeping tables (migrations).
+    async fn prepare(&mut self) -> Result<(), ConnectorError>;
+
+    /// The last committed checkpoint of `pipeline`, if any.
+    async fn load_checkpoint(
+        &mut self,
+        pipeline: &str,
+    ) -> Result<Option<Checkpoint>, ConnectorError>;
+
+    /// Creates missing target tables and adds missing columns; fails (fatal) when an
+    /// existing target table cannot absorb the source schema.
+    async fn ensure_tables(&mut self, plans: &[TablePlan]) -> Result<(), ConnectorError>;
+
+    /// Empties the given target tables (a restarted snapshot begins from nothing) and
+    /// stores `checkpoint`, in one transaction.
+    async fn reset_for_snapshot(
+        &mut self,
+        pipeline: &str,
+        tables: &[TableId],
+        checkpoint: &Checkpoint,
+    ) -> Result<(), ConnectorError>;
+
+    /// Applies one batch atomically; see the trait contract.
+    async fn apply(&mut self, batch: &ApplyBatch) -> Result<ApplyReport, ConnectorError>;
+}

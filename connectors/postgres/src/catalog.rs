@@ -1,0 +1,239 @@
+//! Source catalog introspection: which tables the configuration names, their columns, and
+//! their real key.
+//!
+//! The key comes from `pg_index` (primary key, else the replica identity index): under
+//! `REPLICA IDENTITY FULL` the Relation message flags every column as key, which is not
+//! what a target should upsert on.
+
+use std::sync::Arc;
+
+use tidewater_core::{Column, ColumnType, ConnectorError, Engine, TableId, TableSchema};
+use tokio_postgres::Client;
+
+use crate::sql::{pg_error, quote_ident, quote_table};
+use crate::types::column_type;
+
+/// A column as the catalog describes it.
+#[derive(Debug, Clone)]
+pub struct CatalogColumn {
+    pub name: String,
+    pub kind: ColumnType,
+    pub native_type: String,
+    pub nullable: bool,
+}
+
+/// Resolves `schema.table` / `schema.*` patterns to existing tables (with their OIDs).
+/// A named table that does not exist is a fatal error naming it.
+pub async fn resolve_tables(
+    client: &Client,
+    patterns: &[String],
+    source_name: &str,
+) -> Result<Vec<(TableId, u32)>, ConnectorError> {
+    let mut out: Vec<(TableId, u32)> = Vec::new();
+    for pattern in patterns {
+        let id = TableId::parse(pattern, "public");
+        let rows = client
+            .query(
+                "SELECT n.nspname::text, c.relname::text, c.oid::int8 FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r', 'p') AND n.nspname = $1 AND ($2 = '*' OR c.relname = $2) \
+                 ORDER BY 2",
+                &[&id.schema, &id.name],
+            )
+            .await
+            .map_err(|e| pg_error("listing source tables", e))?;
+        if rows.is_empty() {
+            let what = if id.name == "*" {
+                format!("schema {} has no tables", id.schema)
+            } else {
+                format!("table {id} does not exist")
+            };
+            return Err(ConnectorError::fatal(format!(
+                "{what} on source {source_name}: create it, or remove {pattern:?} from sources.{source_name}.tables"
+            )));
+        }
+        for row in rows {
+            let table = TableId::new(row.get::<_, String>(0), row.get::<_, String>(1));
+            let oid = row.get::<_, i64>(2) as u32;
+            if !out.iter().any(|(t, _)| *t == table) {
+                out.push((table, oid));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The table's columns in attribute order.
+pub async fn load_columns(
+    client: &Client,
+    relid: u32,
+) -> Result<Vec<CatalogColumn>, ConnectorError> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, \
+                    (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END)::int8, \
+                    (CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END), \
+                    (CASE WHEN t.typtype = 'd' THEN format_type(t.typbasetype, t.typtypmod) \
+                          ELSE format_type(a.atttypid, a.atttypmod) END), \
+                    bt.typtype::text, bt.typcategory::text, NOT a.attnotnull, \
+                    btn.nspname::text, bt.typname::text \
+             FROM pg_attribute a \
+             JOIN pg_type t ON t.oid = a.atttypid \
+             JOIN pg_type bt ON bt.oid = (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END) \
+             JOIN pg_namespace btn ON btn.oid = bt.typnamespace \
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
+             ORDER BY a.attnum",
+            &[&relid],
+        )
+        .await
+        .map_err(|e| pg_error("reading source table columns", e))?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let type_oid = row.get::<_, i64>(1) as u32;
+            let typmod: i32 = row.get(2);
+            let typtype: String = row.get(4);
+            let typcategory: String = row.get(5);
+            let kind = column_type(type_oid, typmod, &typtype, &typcategory);
+            let native_type = if kind == ColumnType::Enum {
+                format!(
+                    "{}.{}",
+                    quote_ident(&row.get::<_, String>(7)),
+                    quote_ident(&row.get::<_, String>(8))
+                )
+            } else {
+                row.get(3)
+            };
+            CatalogColumn {
+                name: row.get(0),
+                kind,
+                native_type,
+                nullable: row.get(6),
+            }
+        })
+        .collect())
+}
+
+/// Key column names: the primary key, else the replica identity index.
+pub async fn load_key(client: &Client, relid: u32) -> Result<Vec<String>, ConnectorError> {
+    let rows = client
+        .query(
+            "SELECT i.indexrelid::int8, a.attname::text FROM pg_index i \
+             JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) ON true \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE i.indrelid = $1 AND (i.indisprimary OR i.indisreplident) \
+             ORDER BY i.indisprimary DESC, i.indexrelid, k.ord",
+            &[&relid],
+        )
+        .await
+        .map_err(|e| pg_error("reading source table key", e))?;
+    let first_index = rows.first().map(|r| r.get::<_, i64>(0));
+    Ok(rows
+        .iter()
+        .filter(|r| Some(r.get::<_, i64>(0)) == first_index)
+        .map(|r| r.get(1))
+        .collect())
+}
+
+/// Enum labels of `enum_native` types used by the columns, so a Postgres target can
+/// create the same types.
+async fn load_enums(
+    client: &Client,
+    relid: u32,
+) -> Result<Vec<(String, Vec<String>)>, ConnectorError> {
+    let rows = client
+        .query(
+            "SELECT tn.nspname::text, t.typname::text, array_agg(e.enumlabel::text ORDER BY e.enumsortorder) \
+             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+             JOIN pg_namespace tn ON tn.oid = t.typnamespace JOIN pg_enum e ON e.enumtypid = t.oid \
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND t.typtype = 'e' \
+             GROUP BY 1, 2",
+            &[&relid],
+        )
+        .await
+        .map_err(|e| pg_error("reading enum types", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let name = format!(
+                "{}.{}",
+                quote_ident(&r.get::<_, String>(0)),
+                quote_ident(&r.get::<_, String>(1))
+            );
+            (name, r.get(2))
+        })
+        .collect())
+}
+
+/// Builds the schema of a table whose columns are `columns` (catalog order, or the order of
+/// a Relation message), failing loudly when the table cannot be keyed.
+pub async fn table_schema(
+    client: &Client,
+    id: &TableId,
+    relid: u32,
+    column_names: Option<&[String]>,
+) -> Result<Arc<TableSchema>, ConnectorError> {
+    let catalog = load_columns(client, relid).await?;
+    let columns: Vec<Column> = match column_names {
+        None => catalog.iter().map(to_column).collect(),
+        Some(names) => names
+            .iter()
+            .map(|name| {
+                catalog.iter().find(|c| &c.name == name).map(to_column).ok_or_else(|| {
+                    ConnectorError::transient(format!(
+                        "column {name} of {id} is in the replication stream but not in the catalog (concurrent DDL); will retry"
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let key_names = load_key(client, relid).await?;
+    if key_names.is_empty() {
+        return Err(ConnectorError::fatal(format!(
+            "table {id} has no primary key, so its rows cannot be upserted or deleted by key: \
+             add one (ALTER TABLE {} ADD PRIMARY KEY (...)) or set REPLICA IDENTITY USING INDEX on a unique index",
+            quote_table(id)
+        )));
+    }
+    let mut key = Vec::with_capacity(key_names.len());
+    for name in &key_names {
+        let index = columns
+            .iter()
+            .position(|c| &c.name == name)
+            .ok_or_else(|| {
+                ConnectorError::fatal(format!("key column {name} of table {id} is not replicated"))
+            })?;
+        key.push(index);
+    }
+    let replident: Option<String> = client
+        .query_opt(
+            "SELECT relreplident::text FROM pg_class WHERE oid = $1",
+            &[&relid],
+        )
+        .await
+        .map_err(|e| pg_error("reading replica identity", e))?
+        .map(|r| r.get(0));
+    if replident.as_deref() == Some("n") {
+        return Err(ConnectorError::fatal(format!(
+            "table {id} has REPLICA IDENTITY NOTHING, so deletes carry no key: ALTER TABLE {} REPLICA IDENTITY DEFAULT",
+            quote_table(id)
+        )));
+    }
+    let enum_labels = load_enums(client, relid).await?;
+    Ok(Arc::new(TableSchema {
+        id: id.clone(),
+        engine: Engine::Postgres,
+        columns,
+        key,
+        enum_labels,
+    }))
+}
+
+fn to_column(c: &CatalogColumn) -> Column {
+    Column {
+        name: c.name.clone(),
+        kind: c.kind.clone(),
+        native_type: c.native_type.clone(),
+        nullable: c.nullable,
+    }
+}

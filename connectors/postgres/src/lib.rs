@@ -1,0 +1,17 @@
+//! PostgreSQL connector for Tidewater: logical replication source (pgoutput over a
+//! hand-spoken replication connection), consistent snapshot, and target sink.
+
+pub mod catalog;
+pub mod check;
+pub mod conn;
+pub mod dlq;
+pub mod pgoutput;
+pub mod replication;
+pub mod sink;
+pub mod source;
+pub mod sql;
+pub mod types;
+
+pub use conn::PgEndpoint;
+pub use sink::PgSink;
+pub use source::{PgSource, PgSourceConfig};

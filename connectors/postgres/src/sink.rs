@@ -1,0 +1,680 @@
+//! PostgreSQL target.
+//!
+//! Apply: one target transaction per batch. Per table segment: `TRUNCATE` (if the source
+//! truncated), one multi-key `DELETE ... USING unnest(...)`, one multi-row
+//! `INSERT ... SELECT FROM unnest(...) ON CONFLICT DO UPDATE`, and for rows carrying
+//! unchanged TOAST columns one `UPDATE ... FROM unnest(...)` per column mask. Values are
+//! bound as text arrays and cast to the target column's type, so every type that has a
+//! text form round-trips exactly. Dead letters and the checkpoint are written in the same
+//! transaction.
+//!
+//! Schema: missing target tables are created from the source schema (same types, same
+//! key); a column added at the source is added to the target inside the batch that first
+//! carries it; a changed column type is applied with `ALTER COLUMN ... TYPE`, and if the
+//! target cannot take it the pipeline fails naming the table and the change.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tidewater_core::{
+    ApplyBatch, ApplyReport, Checkpoint, ColumnType, ConnectorError, Engine, Sink, TableChanges,
+    TableId, TablePlan, TableSchema, Value,
+};
+use tokio_postgres::{Client, Statement, Transaction};
+
+use crate::conn::{connect, PgEndpoint};
+use crate::sql::{pg_error, quote_ident, quote_table};
+
+const MIGRATIONS: &[(&str, &str)] = &[(
+    "0001_bookkeeping",
+    include_str!("../../../migrations/postgres/0001_bookkeeping.sql"),
+)];
+
+/// A target table's columns: name → type name usable in a cast (no typmod, so that
+/// assignment, not the cast, enforces lengths and precision).
+#[derive(Debug, Clone, Default)]
+struct TargetTable {
+    cast_types: HashMap<String, String>,
+}
+
+/// Everything the sink remembers between batches, apart from the connection.
+#[derive(Default)]
+struct SinkState {
+    statements: HashMap<String, Statement>,
+    targets: HashMap<TableId, TargetTable>,
+    /// The source schema each target table was last reconciled with.
+    reconciled: HashMap<TableId, Arc<TableSchema>>,
+}
+
+pub struct PgSink {
+    endpoint: PgEndpoint,
+    client: Option<Client>,
+    state: SinkState,
+}
+
+impl PgSink {
+    pub fn new(endpoint: PgEndpoint) -> Self {
+        PgSink {
+            endpoint,
+            client: None,
+            state: SinkState::default(),
+        }
+    }
+
+    /// Takes the live connection out (connecting when needed); [`PgSink::put_back`]
+    /// returns it unless the error says it may be broken.
+    async fn take_client(&mut self) -> Result<Client, ConnectorError> {
+        match self.client.take() {
+            Some(c) if !c.is_closed() => Ok(c),
+            _ => {
+                self.state.statements.clear();
+                connect(&self.endpoint).await
+            }
+        }
+    }
+
+    fn put_back<T>(
+        &mut self,
+        client: Client,
+        result: Result<T, ConnectorError>,
+    ) -> Result<T, ConnectorError> {
+        match &result {
+            Err(e) if e.class == tidewater_core::ErrorClass::Transient => {
+                self.state.statements.clear()
+            }
+            _ => self.client = Some(client),
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Sink for PgSink {
+    async fn prepare(&mut self) -> Result<(), ConnectorError> {
+        let client = self.take_client().await?;
+        let result = async {
+            for (name, sql) in MIGRATIONS {
+                client.batch_execute(sql).await.map_err(|e| {
+                    pg_error(format_args!("running migration {name} on the target"), e)
+                })?;
+            }
+            Ok(())
+        }
+        .await;
+        self.put_back(client, result)
+    }
+
+    async fn load_checkpoint(
+        &mut self,
+        pipeline: &str,
+    ) -> Result<Option<Checkpoint>, ConnectorError> {
+        let client = self.take_client().await?;
+        let result = client
+            .query_opt(
+                "SELECT source_position, snapshot_complete FROM public.tidewater_checkpoints WHERE pipeline = $1",
+                &[&pipeline],
+            )
+            .await
+            .map(|row| row.map(|r| Checkpoint { position: r.get(0), snapshot_complete: r.get(1) }))
+            .map_err(|e| pg_error("reading the checkpoint from the target", e));
+        self.put_back(client, result)
+    }
+
+    async fn ensure_tables(&mut self, plans: &[TablePlan]) -> Result<(), ConnectorError> {
+        let mut client = self.take_client().await?;
+        let result = async {
+            let tx = client
+                .transaction()
+                .await
+                .map_err(|e| pg_error("starting a target transaction", e))?;
+            for plan in plans {
+                reconcile(&tx, &mut self.state, &plan.source, &plan.target).await?;
+            }
+            tx.commit()
+                .await
+                .map_err(|e| pg_error("committing target tables", e))
+        }
+        .await;
+        self.put_back(client, result)
+    }
+
+    async fn reset_for_snapshot(
+        &mut self,
+        pipeline: &str,
+        tables: &[TableId],
+        checkpoint: &Checkpoint,
+    ) -> Result<(), ConnectorError> {
+        let mut client = self.take_client().await?;
+        let result = async {
+            let tx = client
+                .transaction()
+                .await
+                .map_err(|e| pg_error("starting a target transaction", e))?;
+            for table in tables {
+                tx.batch_execute(&format!("TRUNCATE {}", quote_table(table)))
+                    .await
+                    .map_err(|e| {
+                        pg_error(format_args!("emptying {table} to restart the snapshot"), e)
+                    })?;
+            }
+            write_checkpoint(&tx, &mut self.state, pipeline, checkpoint).await?;
+            tx.commit()
+                .await
+                .map_err(|e| pg_error("committing the snapshot reset", e))
+        }
+        .await;
+        self.put_back(client, result)
+    }
+
+    async fn apply(&mut self, batch: &ApplyBatch) -> Result<ApplyReport, ConnectorError> {
+        let mut client = self.take_client().await?;
+        let result = async {
+            let tx = client
+                .transaction()
+                .await
+                .map_err(|e| pg_error("starting a target transaction", e))?;
+            let mut report = ApplyReport::default();
+            for changes in &batch.tables {
+                report.rows_written += apply_table(&tx, &mut self.state, changes).await?;
+            }
+            write_dead_letters(&tx, &mut self.state, batch).await?;
+            write_checkpoint(&tx, &mut self.state, &batch.pipeline, &batch.checkpoint).await?;
+            tx.commit()
+                .await
+                .map_err(|e| pg_error("committing the batch", e))?;
+            Ok(report)
+        }
+        .await;
+        self.put_back(client, result)
+    }
+}
+
+async fn statement(
+    tx: &Transaction<'_>,
+    state: &mut SinkState,
+    sql: String,
+) -> Result<Statement, ConnectorError> {
+    if let Some(statement) = state.statements.get(&sql) {
+        return Ok(statement.clone());
+    }
+    let statement = tx
+        .prepare(&sql)
+        .await
+        .map_err(|e| pg_error(format_args!("preparing `{sql}`"), e))?;
+    state.statements.insert(sql, statement.clone());
+    Ok(statement)
+}
+
+async fn write_checkpoint(
+    tx: &Transaction<'_>,
+    state: &mut SinkState,
+    pipeline: &str,
+    checkpoint: &Checkpoint,
+) -> Result<(), ConnectorError> {
+    let sql = "INSERT INTO public.tidewater_checkpoints (pipeline, source_position, snapshot_complete, updated_at) \
+               VALUES ($1, $2, $3, now()) ON CONFLICT (pipeline) DO UPDATE SET \
+               source_position = EXCLUDED.source_position, snapshot_complete = EXCLUDED.snapshot_complete, \
+               updated_at = now()";
+    let st = statement(tx, state, sql.to_string()).await?;
+    tx.execute(
+        &st,
+        &[
+            &pipeline,
+            &checkpoint.position,
+            &checkpoint.snapshot_complete,
+        ],
+    )
+    .await
+    .map_err(|e| pg_error("writing the checkpoint", e))?;
+    Ok(())
+}
+
+async fn write_dead_letters(
+    tx: &Transaction<'_>,
+    state: &mut SinkState,
+    batch: &ApplyBatch,
+) -> Result<(), ConnectorError> {
+    if batch.dead_letters.is_empty() {
+        return Ok(());
+    }
+    let sql = "INSERT INTO public.tidewater_dead_letters \
+               (pipeline, source_position, source_table, target_table, op, payload, error) \
+               VALUES ($1, $2, $3, $4, $5, $6, $7)";
+    let st = statement(tx, state, sql.to_string()).await?;
+    for dl in &batch.dead_letters {
+        tx.execute(
+            &st,
+            &[
+                &batch.pipeline,
+                &dl.source_position,
+                &dl.source_table,
+                &dl.target_table,
+                &dl.op,
+                &dl.payload,
+                &dl.error,
+            ],
+        )
+        .await
+        .map_err(|e| pg_error("writing a dead letter", e))?;
+    }
+    Ok(())
+}
+
+/// Applies one table segment; returns the rows it touched.
+async fn apply_table(
+    tx: &Transaction<'_>,
+    state: &mut SinkState,
+    changes: &TableChanges,
+) -> Result<u64, ConnectorError> {
+    let schema = &changes.schema;
+    let target = &changes.target;
+    if state.reconciled.get(target).is_none_or(|s| **s != **schema) {
+        reconcile(tx, state, schema, target).await?;
+    }
+    let table = quote_table(target);
+    let mut rows = 0;
+    if changes.truncate {
+        tx.batch_execute(&format!("TRUNCATE {table}"))
+            .await
+            .map_err(|e| pg_error(format_args!("truncating {target}"), e))?;
+    }
+    let casts = cast_types(state, schema, target)?;
+    if !changes.deletes.is_empty() {
+        let key_cols: Vec<usize> = schema.key.clone();
+        let sql = format!(
+            "DELETE FROM {table} AS t USING {} WHERE {}",
+            unnest_from(&key_cols, &casts),
+            key_cols
+                .iter()
+                .map(|&i| format!(
+                    "t.{} = u.c{i}::{}",
+                    quote_ident(&schema.columns[i].name),
+                    casts[i]
+                ))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        );
+        let st = statement(tx, state, sql).await?;
+        let arrays = column_arrays(&changes.deletes, &key_cols);
+        rows += execute_arrays(tx, &st, &arrays)
+            .await
+            .map_err(|e| e.context(format_args!("deleting from {target}")))?;
+    }
+    let (full, partial): (Vec<&Vec<Value>>, Vec<&Vec<Value>>) = changes
+        .upserts
+        .iter()
+        .partition(|row| !row.iter().any(|v| matches!(v, Value::Unchanged)));
+    if !full.is_empty() {
+        let all: Vec<usize> = (0..schema.columns.len()).collect();
+        let non_key: Vec<usize> = all
+            .iter()
+            .copied()
+            .filter(|i| !schema.key.contains(i))
+            .collect();
+        let conflict = if non_key.is_empty() {
+            "DO NOTHING".to_string()
+        } else {
+            format!(
+                "DO UPDATE SET {}",
+                non_key
+                    .iter()
+                    .map(|&i| {
+                        let c = quote_ident(&schema.columns[i].name);
+                        format!("{c} = EXCLUDED.{c}")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let sql = format!(
+            "INSERT INTO {table} ({}) SELECT {} FROM {} ON CONFLICT ({}) {conflict}",
+            all.iter()
+                .map(|&i| quote_ident(&schema.columns[i].name))
+                .collect::<Vec<_>>()
+                .join(", "),
+            all.iter()
+                .map(|&i| format!("u.c{i}::{}", casts[i]))
+                .collect::<Vec<_>>()
+                .join(", "),
+            unnest_from(&all, &casts),
+            schema
+                .key
+                .iter()
+                .map(|&i| quote_ident(&schema.columns[i].name))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        let st = statement(tx, state, sql).await?;
+        let arrays = column_arrays(full.iter().copied(), &all);
+        rows += execute_arrays(tx, &st, &arrays)
+            .await
+            .map_err(|e| e.context(format_args!("upserting into {target}")))?;
+    }
+    // Rows with unchanged TOAST columns: update only the columns that were sent, grouped
+    // by which columns those are.
+    let mut by_mask: HashMap<Vec<bool>, Vec<&Vec<Value>>> = HashMap::new();
+    for row in partial {
+        by_mask
+            .entry(row.iter().map(|v| !matches!(v, Value::Unchanged)).collect())
+            .or_default()
+            .push(row);
+    }
+    for (mask, group) in by_mask {
+        let set_cols: Vec<usize> = (0..schema.columns.len())
+            .filter(|i| mask[*i] && !schema.key.contains(i))
+            .collect();
+        if set_cols.is_empty() {
+            continue;
+        }
+        let used: Vec<usize> = schema
+            .key
+            .iter()
+            .copied()
+            .chain(set_cols.iter().copied())
+            .collect();
+        let sql = format!(
+            "UPDATE {table} AS t SET {} FROM {} WHERE {}",
+            set_cols
+                .iter()
+                .map(|&i| format!(
+                    "{} = u.c{i}::{}",
+                    quote_ident(&schema.columns[i].name),
+                    casts[i]
+                ))
+                .collect::<Vec<_>>()
+                .join(", "),
+            unnest_from(&used, &casts),
+            schema
+                .key
+                .iter()
+                .map(|&i| format!(
+                    "t.{} = u.c{i}::{}",
+                    quote_ident(&schema.columns[i].name),
+                    casts[i]
+                ))
+                .collect::<Vec<_>>()
+                .join(" AND "),
+        );
+        let st = statement(tx, state, sql).await?;
+        let arrays = column_arrays(group.iter().copied(), &used);
+        rows += execute_arrays(tx, &st, &arrays)
+            .await
+            .map_err(|e| e.context(format_args!("updating {target}")))?;
+    }
+    Ok(rows)
+}
+
+/// `unnest($1::text[], $2::text[], ...) AS u(c3, c5, ...)` for the given column indexes.
+fn unnest_from(columns: &[usize], _casts: &[String]) -> String {
+    format!(
+        "unnest({}) AS u({})",
+        (1..=columns.len())
+            .map(|n| format!("${n}::text[]"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        columns
+            .iter()
+            .map(|i| format!("c{i}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+fn column_arrays<'a>(
+    rows: impl IntoIterator<Item = &'a Vec<Value>>,
+    columns: &[usize],
+) -> Vec<Vec<Option<String>>> {
+    let mut arrays: Vec<Vec<Option<String>>> = vec![Vec::new(); columns.len()];
+    for row in rows {
+        for (array, &i) in arrays.iter_mut().zip(columns) {
+            array.push(row.get(i).and_then(Value::to_pg_text));
+        }
+    }
+    arrays
+}
+
+async fn execute_arrays(
+    tx: &Transaction<'_>,
+    st: &Statement,
+    arrays: &[Vec<Option<String>>],
+) -> Result<u64, ConnectorError> {
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
+        .iter()
+        .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    tx.execute(st, &params)
+        .await
+        .map_err(|e| pg_error("applying changes", e))
+}
+
+fn cast_types(
+    state: &SinkState,
+    schema: &TableSchema,
+    target: &TableId,
+) -> Result<Vec<String>, ConnectorError> {
+    let table = state
+        .targets
+        .get(target)
+        .ok_or_else(|| ConnectorError::fatal(format!("target table {target} was not prepared")))?;
+    schema
+        .columns
+        .iter()
+        .map(|c| {
+            table.cast_types.get(&c.name).cloned().ok_or_else(|| {
+                ConnectorError::fatal(format!(
+                    "target table {target} has no column {} (added at the source?)",
+                    c.name
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Makes the target table fit the source schema: creates it, adds missing columns, follows
+/// type changes. Runs inside the caller's transaction so DDL and data commit together.
+async fn reconcile(
+    tx: &Transaction<'_>,
+    state: &mut SinkState,
+    schema: &Arc<TableSchema>,
+    target: &TableId,
+) -> Result<(), ConnectorError> {
+    let previous = state.reconciled.get(target).cloned();
+    let mut existing = load_target_columns(tx, target).await?;
+    if existing.is_empty() {
+        create_table(tx, schema, target).await?;
+        existing = load_target_columns(tx, target).await?;
+    }
+    let qtable = quote_table(target);
+    let mut altered = false;
+    for column in &schema.columns {
+        let declared = target_type(schema, column);
+        match existing.iter().find(|(name, _, _)| name == &column.name) {
+            None => {
+                tx.batch_execute(&format!(
+                    "ALTER TABLE {qtable} ADD COLUMN {} {declared}",
+                    quote_ident(&column.name)
+                ))
+                .await
+                .map_err(|e| {
+                    pg_error(
+                        format_args!("adding column {} to target table {target}", column.name),
+                        e,
+                    )
+                })?;
+                tracing::info!(table = %target, column = %column.name, "added column to target table");
+                altered = true;
+            }
+            Some((_, _, full_type)) => {
+                // Follow a type change made at the source while streaming; a pre-existing
+                // target table with different (compatible) types is left as the user made it.
+                let changed_at_source = previous.as_ref().and_then(|p| {
+                    p.columns
+                        .iter()
+                        .find(|c| c.name == column.name)
+                        .filter(|c| c.native_type != column.native_type)
+                });
+                if let Some(old) = changed_at_source {
+                    if schema.engine == Engine::Postgres && full_type != &declared {
+                        tx.batch_execute(&format!(
+                            "ALTER TABLE {qtable} ALTER COLUMN {c} TYPE {declared} USING {c}::{declared}",
+                            c = quote_ident(&column.name)
+                        ))
+                        .await
+                        .map_err(|e| {
+                            let mut err = pg_error(
+                                format_args!(
+                                    "source changed the type of {target}.{} from {} to {}, and the target cannot follow; alter the target column by hand and restart",
+                                    column.name, old.native_type, column.native_type
+                                ),
+                                e,
+                            );
+                            err.class = tidewater_core::ErrorClass::Fatal;
+                            err
+                        })?;
+                        altered = true;
+                    }
+                }
+            }
+        }
+    }
+    if altered {
+        existing = load_target_columns(tx, target).await?;
+        state.statements.clear();
+    }
+    let mut table = TargetTable::default();
+    for (name, cast, _) in existing {
+        table.cast_types.insert(name, cast);
+    }
+    state.targets.insert(target.clone(), table);
+    state.reconciled.insert(target.clone(), schema.clone());
+    Ok(())
+}
+
+/// (name, cast type without typmod, full type) of each column; empty when the table does
+/// not exist.
+async fn load_target_columns(
+    tx: &Transaction<'_>,
+    target: &TableId,
+) -> Result<Vec<(String, String, String)>, ConnectorError> {
+    let rows = tx
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, NULL), format_type(a.atttypid, a.atttypmod) \
+             FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
+             ORDER BY a.attnum",
+            &[&quote_table(target)],
+        )
+        .await
+        .map_err(|e| pg_error(format_args!("reading target table {target}"), e))?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+async fn create_table(
+    tx: &Transaction<'_>,
+    schema: &TableSchema,
+    target: &TableId,
+) -> Result<(), ConnectorError> {
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {}",
+        quote_ident(&target.schema)
+    ))
+    .await
+    .map_err(|e| {
+        pg_error(
+            format_args!("creating schema {} on the target", target.schema),
+            e,
+        )
+    })?;
+    for (type_name, labels) in &schema.enum_labels {
+        let exists = tx
+            .query_one("SELECT to_regtype($1) IS NOT NULL", &[type_name])
+            .await
+            .map_err(|e| pg_error("looking up an enum type on the target", e))?
+            .get::<_, bool>(0);
+        if !exists {
+            // Labels are values, but CREATE TYPE takes no parameters: quote them as literals.
+            let labels = labels
+                .iter()
+                .map(|l| format!("'{}'", l.replace('\'', "''")))
+                .collect::<Vec<_>>();
+            let schema_part = type_name.split_once("\".\"").map(|(s, _)| format!("{s}\""));
+            if let Some(nsp) = schema_part {
+                tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {nsp}"))
+                    .await
+                    .map_err(|e| pg_error("creating the enum type's schema on the target", e))?;
+            }
+            tx.batch_execute(&format!(
+                "CREATE TYPE {type_name} AS ENUM ({})",
+                labels.join(", ")
+            ))
+            .await
+            .map_err(|e| {
+                pg_error(
+                    format_args!("creating enum type {type_name} on the target"),
+                    e,
+                )
+            })?;
+        }
+    }
+    let columns: Vec<String> = schema
+        .columns
+        .iter()
+        .map(|c| format!("{} {}", quote_ident(&c.name), target_type(schema, c)))
+        .collect();
+    let key: Vec<String> = schema
+        .key
+        .iter()
+        .map(|&i| quote_ident(&schema.columns[i].name))
+        .collect();
+    let sql = format!(
+        "CREATE TABLE {} ({}, PRIMARY KEY ({}))",
+        quote_table(target),
+        columns.join(", "),
+        key.join(", ")
+    );
+    tx.batch_execute(&sql)
+        .await
+        .map_err(|e| pg_error(format_args!("creating target table {target}"), e))?;
+    tracing::info!(table = %target, "created target table");
+    Ok(())
+}
+
+/// The column type to declare on a Postgres target.
+fn target_type(schema: &TableSchema, column: &tidewater_core::Column) -> String {
+    if schema.engine == Engine::Postgres {
+        return column.native_type.clone();
+    }
+    match &column.kind {
+        ColumnType::Bool => "boolean".into(),
+        ColumnType::Int16 => "smallint".into(),
+        ColumnType::Int32 => "integer".into(),
+        ColumnType::Int64 => "bigint".into(),
+        ColumnType::UInt64 => "numeric(20)".into(),
+        ColumnType::Float32 => "real".into(),
+        ColumnType::Float64 => "double precision".into(),
+        ColumnType::Numeric {
+            precision: Some(p),
+            scale,
+        } => format!("numeric({p},{})", scale.unwrap_or(0)),
+        ColumnType::Numeric { .. } => "numeric".into(),
+        ColumnType::Varchar(Some(n)) => format!("varchar({n})"),
+        ColumnType::Char(Some(n)) => format!("char({n})"),
+        ColumnType::Text
+        | ColumnType::Varchar(None)
+        | ColumnType::Char(None)
+        | ColumnType::Enum => "text".into(),
+        ColumnType::Bytes => "bytea".into(),
+        ColumnType::Json | ColumnType::Jsonb | ColumnType::Array => "jsonb".into(),
+        ColumnType::Uuid => "uuid".into(),
+        ColumnType::Date => "date".into(),
+        ColumnType::Time => "time".into(),
+        ColumnType::TimeTz => "timetz".into(),
+        ColumnType::Timestamp => "timestamp".into(),
+        ColumnType::TimestampTz => "timestamptz".into(),
+        ColumnType::Interval => "interval".into(),
+        ColumnType::Other => "text".into(),
+    }
+}

@@ -1,0 +1,782 @@
+//! Configuration: one TOML file, parsed into serde structs that reject unknown keys, then
+//! validated (pure, no I/O) into the typed [`Config`] the daemon runs from.
+//!
+//! Secrets never live in the TOML: only `password_file` / `password_env` name where they
+//! are; they are read when a connection is made, and never logged.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/tidewater/tidewater.toml";
+pub const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:8790";
+pub const DEFAULT_MAX_BATCH_EVENTS: usize = 20_000;
+pub const DEFAULT_MAX_BATCH_DELAY_MS: u64 = 50;
+pub const DEFAULT_RETRY_INITIAL_MS: u64 = 200;
+pub const DEFAULT_RETRY_MAX_MS: u64 = 30_000;
+pub const DEFAULT_SNAPSHOT_CHUNK_ROWS: usize = 10_000;
+
+/// A configuration problem: which key, what is wrong, how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+// ---------------------------------------------------------------- file format (serde)
+
+/// The file as written. Doc comments here are the user documentation of each key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub status: RawStatus,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub sources: BTreeMap<String, RawSource>,
+    #[serde(default)]
+    pub targets: BTreeMap<String, RawTarget>,
+    #[serde(default)]
+    pub pipelines: Vec<RawPipeline>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawStatus {
+    /// Address of the HTTP status server (`/status`, `/metrics`, `/healthz`, `/readyz`).
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `auto` (text on a terminal, JSON otherwise), `text` or `json`.
+    pub format: Option<String>,
+    /// A tracing filter such as `info` or `tidewater=debug`.
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    /// `postgres` or `mysql`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Connection URL without password, e.g. `postgres://replicator@127.0.0.1:5432/app`.
+    pub url: String,
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+    /// Tables to replicate: `schema.table` or `schema.*`.
+    pub tables: Vec<String>,
+    /// MySQL: unique replica server id.
+    pub server_id: Option<u32>,
+    /// Postgres: replication slot name (default `tidewater_<pipeline>`); only when a single
+    /// pipeline reads this source.
+    pub slot: Option<String>,
+    /// Postgres: publication name (default `tidewater_<pipeline>`).
+    pub publication: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    /// `postgres`, `mysql` or `sqlite`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub url: Option<String>,
+    /// SQLite: database file.
+    pub path: Option<PathBuf>,
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPipeline {
+    pub name: String,
+    pub source: String,
+    pub target: String,
+    /// `initial` (copy existing rows first) or `never`.
+    pub snapshot: Option<String>,
+    /// `dead_letter` or `stop`.
+    pub on_error: Option<String>,
+    /// Upper bound of events in one target transaction (a single larger source
+    /// transaction is still applied whole).
+    pub max_batch_events: Option<usize>,
+    /// Upper bound on how long a batch may keep collecting while the source still has
+    /// changes ready; batches never wait for changes that have not arrived.
+    pub max_batch_delay_ms: Option<u64>,
+    pub slot: Option<String>,
+    pub publication: Option<String>,
+    /// Source table -> target table renames.
+    #[serde(default)]
+    pub tables: BTreeMap<String, String>,
+    #[serde(default)]
+    pub retry: RawRetry,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub initial_ms: Option<u64>,
+    pub max_ms: Option<u64>,
+    /// 0 or absent: retry forever.
+    pub max_attempts: Option<u32>,
+}
+
+// ---------------------------------------------------------------- validated config
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    Postgres,
+    Mysql,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    Postgres,
+    Mysql,
+    Sqlite,
+}
+
+/// Where a password comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Secret {
+    None,
+    File(PathBuf),
+    Env(String),
+}
+
+impl Secret {
+    /// Reads the secret now. The error names the file or variable, never the value.
+    pub fn read(&self) -> Result<Option<String>, String> {
+        match self {
+            Secret::None => Ok(None),
+            Secret::File(path) => std::fs::read_to_string(path)
+                .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_string()))
+                .map_err(|e| format!("cannot read password_file {}: {e}", path.display())),
+            Secret::Env(var) => std::env::var(var)
+                .map(Some)
+                .map_err(|_| format!("password_env {var} is not set in the environment")),
+        }
+    }
+}
+
+/// Connection settings parsed from a URL, password excluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub database: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceConfig {
+    pub name: String,
+    pub kind: SourceKind,
+    pub endpoint: Endpoint,
+    pub password: Secret,
+    pub tables: Vec<String>,
+    pub server_id: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetConfig {
+    pub name: String,
+    pub kind: TargetKind,
+    pub endpoint: Option<Endpoint>,
+    pub path: Option<PathBuf>,
+    pub password: Secret,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotMode {
+    Initial,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    DeadLetter,
+    Stop,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub initial_ms: u64,
+    pub max_ms: u64,
+    /// `None`: forever.
+    pub max_attempts: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineConfig {
+    pub name: String,
+    pub source: SourceConfig,
+    pub target: TargetConfig,
+    pub snapshot: SnapshotMode,
+    pub on_error: OnError,
+    pub max_batch_events: usize,
+    pub max_batch_delay_ms: u64,
+    pub slot: String,
+    pub publication: String,
+    pub renames: BTreeMap<String, String>,
+    pub retry: RetryPolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Auto,
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub status_listen: SocketAddr,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub pipelines: Vec<PipelineConfig>,
+}
+
+/// Reads and validates the file. Errors name the file, the key and the fix.
+pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![err(
+            path.display().to_string(),
+            format!("cannot read the configuration file: {e} (pass --config FILE)"),
+        )]
+    })?;
+    parse(&text)
+}
+
+pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let message = e.message().to_string();
+        let start = e.span().map(|span| span.start.min(text.len()));
+        let line = start.map(|start| 1 + text[..start].matches('\n').count());
+        // Name the section the bad key sits in: the last `[header]` before it.
+        let section = start
+            .and_then(|start| {
+                text[..start]
+                    .lines()
+                    .rev()
+                    .map(str::trim)
+                    .find(|l| l.starts_with('['))
+                    .map(|l| l.trim_matches(|c| c == '[' || c == ']').to_string())
+            })
+            .unwrap_or_else(|| "config".to_string());
+        let problem = match line {
+            Some(line) => format!("line {line}: {message}"),
+            None => message,
+        };
+        let hint = if problem.contains("unknown field") {
+            " (remove the key or fix its spelling; config.example.toml lists every key)"
+        } else {
+            ""
+        };
+        vec![err(section, format!("{problem}{hint}"))]
+    })?;
+    validate(raw)
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 40
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+}
+
+/// Turns the parsed file into the typed config, collecting every problem at once.
+pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+
+    let listen_text = raw
+        .status
+        .listen
+        .as_deref()
+        .unwrap_or(DEFAULT_STATUS_LISTEN);
+    let status_listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
+        errors.push(err(
+            "status.listen",
+            format!("{listen_text:?} is not an address:port such as \"127.0.0.1:8790\""),
+        ));
+        SocketAddr::from(([127, 0, 0, 1], 8790))
+    });
+    let log_format = match raw.log.format.as_deref().unwrap_or("auto") {
+        "auto" => LogFormat::Auto,
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            errors.push(err(
+                "log.format",
+                format!("{other:?} is not one of auto, text, json"),
+            ));
+            LogFormat::Auto
+        }
+    };
+
+    let mut sources = BTreeMap::new();
+    for (name, src) in &raw.sources {
+        let key = format!("sources.{name}");
+        let kind = match src.kind.as_str() {
+            "postgres" | "postgresql" => Some(SourceKind::Postgres),
+            "mysql" | "mariadb" => Some(SourceKind::Mysql),
+            other => {
+                errors.push(err(
+                    format!("{key}.type"),
+                    format!("{other:?} is not one of postgres, mysql"),
+                ));
+                None
+            }
+        };
+        let endpoint = parse_url(&src.url, &format!("{key}.url"), &mut errors);
+        let password = secret(&key, &src.password_file, &src.password_env, &mut errors);
+        if src.tables.is_empty() {
+            errors.push(err(
+                format!("{key}.tables"),
+                "list at least one table, e.g. [\"public.orders\"] or [\"public.*\"]",
+            ));
+        }
+        for table in &src.tables {
+            if table.split('.').count() != 2 || table.split('.').any(str::is_empty) {
+                errors.push(err(
+                    format!("{key}.tables"),
+                    format!("{table:?} must be schema.table or schema.*"),
+                ));
+            }
+        }
+        if kind == Some(SourceKind::Mysql) {
+            match src.server_id {
+                None => errors.push(err(format!("{key}.server_id"), "required for mysql sources: a replica id unique among the server's replicas, e.g. 4201")),
+                Some(0) => errors.push(err(format!("{key}.server_id"), "must be between 1 and 4294967295 and unique among the server's replicas")),
+                Some(_) => {}
+            }
+        }
+        if let (Some(kind), Some(endpoint)) = (kind, endpoint) {
+            sources.insert(
+                name.clone(),
+                (
+                    SourceConfig {
+                        name: name.clone(),
+                        kind,
+                        endpoint,
+                        password,
+                        tables: src.tables.clone(),
+                        server_id: src.server_id,
+                    },
+                    src.slot.clone(),
+                    src.publication.clone(),
+                ),
+            );
+        }
+    }
+
+    let mut targets = BTreeMap::new();
+    for (name, tgt) in &raw.targets {
+        let key = format!("targets.{name}");
+        let kind = match tgt.kind.as_str() {
+            "postgres" | "postgresql" => Some(TargetKind::Postgres),
+            "mysql" | "mariadb" => Some(TargetKind::Mysql),
+            "sqlite" => Some(TargetKind::Sqlite),
+            other => {
+                errors.push(err(
+                    format!("{key}.type"),
+                    format!("{other:?} is not one of postgres, mysql, sqlite"),
+                ));
+                None
+            }
+        };
+        let password = secret(&key, &tgt.password_file, &tgt.password_env, &mut errors);
+        let endpoint = match (kind, &tgt.url) {
+            (Some(TargetKind::Sqlite), _) => {
+                if tgt.path.is_none() {
+                    errors.push(err(
+                        format!("{key}.path"),
+                        "required for sqlite targets: the database file",
+                    ));
+                }
+                None
+            }
+            (_, Some(url)) => parse_url(url, &format!("{key}.url"), &mut errors),
+            (Some(_), None) => {
+                errors.push(err(
+                    format!("{key}.url"),
+                    "required: e.g. \"postgres://tidewater@127.0.0.1:5432/warehouse\"",
+                ));
+                None
+            }
+            (None, None) => None,
+        };
+        if let Some(kind) = kind {
+            targets.insert(
+                name.clone(),
+                TargetConfig {
+                    name: name.clone(),
+                    kind,
+                    endpoint,
+                    path: tgt.path.clone(),
+                    password,
+                },
+            );
+        }
+    }
+
+    let mut pipelines = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let uses_of = |source: &str| raw.pipelines.iter().filter(|p| p.source == source).count();
+    for (i, p) in raw.pipelines.iter().enumerate() {
+        let key = format!("pipelines[{i}]");
+        if !valid_name(&p.name) {
+            errors.push(err(format!("{key}.name"), format!("{:?} must be 1-40 characters of a-z, 0-9 and _ (it names the slot and publication)", p.name)));
+        }
+        if !seen.insert(p.name.clone()) {
+            errors.push(err(
+                format!("{key}.name"),
+                format!(
+                    "{:?} is used by two pipelines; names must be unique",
+                    p.name
+                ),
+            ));
+        }
+        let source = sources.get(&p.source);
+        if source.is_none() && !raw.sources.contains_key(&p.source) {
+            errors.push(err(
+                format!("{key}.source"),
+                format!(
+                    "{:?} is not defined; add a [sources.{}] section",
+                    p.source, p.source
+                ),
+            ));
+        }
+        let target = targets.get(&p.target);
+        if target.is_none() && !raw.targets.contains_key(&p.target) {
+            errors.push(err(
+                format!("{key}.target"),
+                format!(
+                    "{:?} is not defined; add a [targets.{}] section",
+                    p.target, p.target
+                ),
+            ));
+        }
+        let snapshot = match p.snapshot.as_deref().unwrap_or("initial") {
+            "initial" => SnapshotMode::Initial,
+            "never" => SnapshotMode::Never,
+            other => {
+                errors.push(err(
+                    format!("{key}.snapshot"),
+                    format!("{other:?} is not one of initial, never"),
+                ));
+                SnapshotMode::Initial
+            }
+        };
+        let on_error = match p.on_error.as_deref().unwrap_or("dead_letter") {
+            "dead_letter" => OnError::DeadLetter,
+            "stop" => OnError::Stop,
+            other => {
+                errors.push(err(
+                    format!("{key}.on_error"),
+                    format!("{other:?} is not one of dead_letter, stop"),
+                ));
+                OnError::DeadLetter
+            }
+        };
+        let max_batch_events = p.max_batch_events.unwrap_or(DEFAULT_MAX_BATCH_EVENTS);
+        if max_batch_events == 0 {
+            errors.push(err(format!("{key}.max_batch_events"), "must be at least 1"));
+        }
+        let retry = RetryPolicy {
+            initial_ms: p
+                .retry
+                .initial_ms
+                .unwrap_or(DEFAULT_RETRY_INITIAL_MS)
+                .max(1),
+            max_ms: p.retry.max_ms.unwrap_or(DEFAULT_RETRY_MAX_MS),
+            max_attempts: p.retry.max_attempts.filter(|&n| n > 0),
+        };
+        if retry.max_ms < retry.initial_ms {
+            errors.push(err(
+                format!("{key}.retry.max_ms"),
+                "must be at least retry.initial_ms",
+            ));
+        }
+        for (from, to) in &p.tables {
+            for (what, name) in [("source", from), ("target", to)] {
+                if name.split('.').count() != 2 || name.contains('*') {
+                    errors.push(err(
+                        format!("{key}.tables"),
+                        format!("{what} table {name:?} must be written schema.table"),
+                    ));
+                }
+            }
+        }
+        if let (Some((source, src_slot, src_pub)), Some(target)) = (source, target) {
+            let shared = uses_of(&p.source) > 1;
+            if shared && (src_slot.is_some() || src_pub.is_some()) {
+                errors.push(err(
+                    format!("sources.{}.slot", p.source),
+                    "this source feeds several pipelines, each needs its own slot and publication: set them per pipeline",
+                ));
+            }
+            let default_name = format!("tidewater_{}", p.name);
+            pipelines.push(PipelineConfig {
+                name: p.name.clone(),
+                source: source.clone(),
+                target: target.clone(),
+                snapshot,
+                on_error,
+                max_batch_events: max_batch_events.max(1),
+                max_batch_delay_ms: p.max_batch_delay_ms.unwrap_or(DEFAULT_MAX_BATCH_DELAY_MS),
+                slot: p
+                    .slot
+                    .clone()
+                    .or(src_slot.clone())
+                    .unwrap_or_else(|| default_name.clone()),
+                publication: p
+                    .publication
+                    .clone()
+                    .or(src_pub.clone())
+                    .unwrap_or(default_name),
+                renames: p.tables.clone(),
+                retry,
+            });
+        }
+    }
+    for p in &pipelines {
+        for (what, name) in [("slot", &p.slot), ("publication", &p.publication)] {
+            let ok = !name.is_empty()
+                && name.len() <= 63
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !ok {
+                errors.push(err(
+                    format!("pipelines.{}.{what}", p.name),
+                    format!("{name:?} must be 1-63 characters of a-z, 0-9 and _"),
+                ));
+            }
+        }
+    }
+    if raw.pipelines.is_empty() {
+        errors.push(err(
+            "pipelines",
+            "no [[pipelines]] defined: add one with name, source and target",
+        ));
+    }
+
+    if errors.is_empty() {
+        Ok(Config {
+            status_listen,
+            log_format,
+            log_level: raw.log.level.unwrap_or_else(|| "info".into()),
+            pipelines,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+fn secret(
+    key: &str,
+    file: &Option<PathBuf>,
+    env: &Option<String>,
+    errors: &mut Vec<ConfigError>,
+) -> Secret {
+    match (file, env) {
+        (Some(_), Some(_)) => {
+            errors.push(err(
+                format!("{key}.password_file"),
+                "set either password_file or password_env, not both",
+            ));
+            Secret::None
+        }
+        (Some(f), None) => Secret::File(f.clone()),
+        (None, Some(e)) => Secret::Env(e.clone()),
+        (None, None) => Secret::None,
+    }
+}
+
+/// Parses `scheme://user@host:port/database`. A password in the URL is refused: secrets
+/// belong in `password_file` / `password_env`.
+fn parse_url(url: &str, key: &str, errors: &mut Vec<ConfigError>) -> Option<Endpoint> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        errors.push(err(
+            key,
+            "must be a URL like postgres://user@host:5432/database",
+        ));
+        return None;
+    };
+    let default_port = match scheme {
+        "postgres" | "postgresql" => 5432,
+        "mysql" | "mariadb" => 3306,
+        other => {
+            errors.push(err(
+                key,
+                format!("scheme {other:?} is not one of postgres://, mysql://"),
+            ));
+            return None;
+        }
+    };
+    let rest = rest.split_once('?').map_or(rest, |(r, _)| r);
+    let (authority, database) = rest.split_once('/').unwrap_or((rest, ""));
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (u, h),
+        None => ("", authority),
+    };
+    if userinfo.contains(':') {
+        errors.push(err(
+            key,
+            "contains a password: remove it from the URL and use password_file or password_env",
+        ));
+        return None;
+    }
+    let user = if userinfo.is_empty() {
+        "postgres".to_string()
+    } else {
+        userinfo.to_string()
+    };
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) => match p.parse::<u16>() {
+            Ok(p) => (h.to_string(), p),
+            Err(_) => {
+                errors.push(err(key, format!("port {p:?} is not a number")));
+                return None;
+            }
+        },
+        None => (hostport.to_string(), default_port),
+    };
+    if host.is_empty() {
+        errors.push(err(key, "has no host"));
+        return None;
+    }
+    let database = if database.is_empty() && default_port == 5432 {
+        user.clone()
+    } else {
+        database.to_string()
+    };
+    Some(Endpoint {
+        url: url.to_string(),
+        host,
+        port,
+        user,
+        database,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[sources.app]
+type = "postgres"
+url = "postgres://replicator@127.0.0.1:5432/app"
+password_env = "APP_PW"
+tables = ["public.orders"]
+
+[targets.wh]
+type = "postgres"
+url = "postgres://tidewater@127.0.0.1:5433/warehouse"
+
+[[pipelines]]
+name = "app_to_wh"
+source = "app"
+target = "wh"
+[pipelines.tables]
+"public.orders" = "replica.orders"
+"#;
+
+    #[test]
+    fn good_config_gets_defaults() {
+        let c = parse(GOOD).unwrap();
+        let p = &c.pipelines[0];
+        assert_eq!(p.slot, "tidewater_app_to_wh");
+        assert_eq!(p.publication, "tidewater_app_to_wh");
+        assert_eq!(p.snapshot, SnapshotMode::Initial);
+        assert_eq!(p.on_error, OnError::DeadLetter);
+        assert_eq!(p.source.endpoint.port, 5432);
+        assert_eq!(p.source.endpoint.database, "app");
+        assert_eq!(p.target.endpoint.as_ref().unwrap().port, 5433);
+        assert_eq!(p.retry.max_attempts, None);
+        assert_eq!(c.status_listen.to_string(), "127.0.0.1:8790");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse(&GOOD.replace("tables = [", "tabels = 1\ntables = [")).unwrap_err();
+        assert!(e[0].to_string().contains("tabels"), "{}", e[0]);
+        assert!(e[0].to_string().contains("line 6"), "{}", e[0]);
+        assert_eq!(e[0].key, "sources.app");
+    }
+
+    #[test]
+    fn password_in_url_is_refused() {
+        let e = parse(&GOOD.replace("replicator@", "replicator:secret@")).unwrap_err();
+        assert_eq!(e[0].key, "sources.app.url");
+        assert!(!e[0].to_string().contains("secret"));
+    }
+
+    #[test]
+    fn undefined_source_and_bad_enum_values_are_all_reported() {
+        let text = GOOD.replace(
+            "source = \"app\"",
+            "source = \"nope\"\nsnapshot = \"sometimes\"",
+        );
+        let e = parse(&text).unwrap_err();
+        let keys: Vec<_> = e.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"pipelines[0].source"), "{keys:?}");
+        assert!(keys.contains(&"pipelines[0].snapshot"), "{keys:?}");
+    }
+
+    #[test]
+    fn mysql_source_needs_server_id() {
+        let text = GOOD.replace(
+            "type = \"postgres\"\nurl = \"postgres://replicator",
+            "type = \"mysql\"\nurl = \"mysql://replicator",
+        );
+        let e = parse(&text).unwrap_err();
+        assert!(e.iter().any(|e| e.key == "sources.app.server_id"), "{e:?}");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod example_tests {
+    #[test]
+    fn config_example_is_valid() {
+        let text = include_str!("../config.example.toml");
+        let cfg = super::parse(text).unwrap();
+        assert_eq!(cfg.pipelines[0].name, "app_to_warehouse");
+        assert_eq!(
+            cfg.pipelines[0]
+                .renames
+                .get("public.orders")
+                .map(String::as_str),
+            Some("replica.orders")
+        );
+    }
+}

@@ -1,0 +1,358 @@
+//! Batch building: whole source transactions grouped into one target transaction, with
+//! changes to the same key coalesced where that keeps the end state identical.
+//!
+//! Coalescing is per table *segment*. A segment ends when the table's schema changes, so
+//! rows of different shapes never mix; segments of one table are applied in order. Within
+//! a segment every key ends in one state, `Upsert(row)` or `Delete`, and since keys are
+//! independent, applying the final states (truncate, then deletes, then upserts) leaves
+//! the target exactly as applying every event in order would.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tidewater_core::{
+    ApplyBatch, ChangeEvent, Checkpoint, DeadLetter, Op, TableChanges, TableId, TableSchema,
+    Transaction, Value,
+};
+
+enum RowState {
+    Upsert(Vec<Value>),
+    Delete(Vec<Value>),
+}
+
+struct Segment {
+    schema: Arc<TableSchema>,
+    target: TableId,
+    truncate: bool,
+    index: HashMap<Vec<u8>, usize>,
+    rows: Vec<RowState>,
+}
+
+impl Segment {
+    fn set(&mut self, key: &[u8], state: RowState) {
+        match self.index.get(key) {
+            Some(&i) => self.rows[i] = state,
+            None => {
+                self.index.insert(key.to_vec(), self.rows.len());
+                self.rows.push(state);
+            }
+        }
+    }
+
+    /// An update or insert of `row` at `key`: columns the source left unchanged (TOAST)
+    /// take the value this batch already holds for the key, if any.
+    fn upsert(&mut self, key: &[u8], mut row: Vec<Value>) {
+        if let Some(&i) = self.index.get(key) {
+            if let RowState::Upsert(previous) = &self.rows[i] {
+                for (value, old) in row.iter_mut().zip(previous) {
+                    if matches!(value, Value::Unchanged) {
+                        *value = old.clone();
+                    }
+                }
+            }
+        }
+        self.set(key, RowState::Upsert(row));
+    }
+}
+
+/// Accumulates transactions into one [`ApplyBatch`].
+pub struct BatchBuilder<'a> {
+    renames: &'a HashMap<TableId, TableId>,
+    segments: Vec<Segment>,
+    /// Latest segment of each source table.
+    open_segment: HashMap<TableId, usize>,
+    pub events: usize,
+    pub transactions: usize,
+    pub position: Option<String>,
+    pub oldest_commit: Option<SystemTime>,
+    key_buf: Vec<u8>,
+}
+
+impl<'a> BatchBuilder<'a> {
+    pub fn new(renames: &'a HashMap<TableId, TableId>) -> Self {
+        BatchBuilder {
+            renames,
+            segments: Vec::new(),
+            open_segment: HashMap::new(),
+            events: 0,
+            transactions: 0,
+            position: None,
+            oldest_commit: None,
+            key_buf: Vec::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.position.is_none()
+    }
+
+    pub fn target_of(renames: &HashMap<TableId, TableId>, source: &TableId) -> TableId {
+        renames
+            .get(source)
+            .cloned()
+            .unwrap_or_else(|| source.clone())
+    }
+
+    pub fn push_transaction(&mut self, tx: Transaction) {
+        self.oldest_commit.get_or_insert(tx.commit_time);
+        self.transactions += 1;
+        self.events += tx.events.len();
+        for event in tx.events {
+            self.push_event(event);
+        }
+        self.position = Some(tx.position);
+    }
+
+    /// A position with no changes (source idle): only moves the checkpoint.
+    pub fn push_heartbeat(&mut self, position: String) {
+        self.position = Some(position);
+    }
+
+    fn segment_for(&mut self, schema: &Arc<TableSchema>) -> &mut Segment {
+        let reuse = self.open_segment.get(&schema.id).copied().filter(|&i| {
+            Arc::ptr_eq(&self.segments[i].schema, schema) || *self.segments[i].schema == **schema
+        });
+        let index = match reuse {
+            Some(i) => i,
+            None => {
+                self.segments.push(Segment {
+                    schema: schema.clone(),
+                    target: Self::target_of(self.renames, &schema.id),
+                    truncate: false,
+                    index: HashMap::new(),
+                    rows: Vec::new(),
+                });
+                let i = self.segments.len() - 1;
+                self.open_segment.insert(schema.id.clone(), i);
+                i
+            }
+        };
+        &mut self.segments[index]
+    }
+
+    fn push_event(&mut self, event: ChangeEvent) {
+        let mut key = std::mem::take(&mut self.key_buf);
+        let ChangeEvent {
+            table,
+            op,
+            before,
+            after,
+        } = event;
+        let segment = self.segment_for(&table);
+        let key_of = |row: &[Value], out: &mut Vec<u8>| {
+            out.clear();
+            for &i in &table.key {
+                row.get(i).unwrap_or(&Value::Null).encode_key(out);
+            }
+        };
+        match op {
+            Op::Truncate => {
+                // Everything this segment held for the table is wiped by the truncate.
+                segment.rows.clear();
+                segment.index.clear();
+                segment.truncate = true;
+            }
+            Op::Insert | Op::Update => {
+                if let Some(after) = after {
+                    if let Some(before) = before {
+                        let mut old_key = Vec::new();
+                        key_of(&before, &mut old_key);
+                        key_of(&after, &mut key);
+                        if old_key != key {
+                            segment.set(&old_key, RowState::Delete(before));
+                        }
+                    }
+                    key_of(&after, &mut key);
+                    segment.upsert(&key, after);
+                }
+            }
+            Op::Delete => {
+                if let Some(before) = before {
+                    key_of(&before, &mut key);
+                    segment.set(&key, RowState::Delete(before));
+                }
+            }
+        }
+        self.key_buf = key;
+    }
+
+    pub fn finish(
+        self,
+        pipeline: &str,
+        dead_letters: Vec<DeadLetter>,
+        snapshot_complete: bool,
+    ) -> ApplyBatch {
+        let tables = self
+            .segments
+            .into_iter()
+            .map(|segment| {
+                let mut deletes = Vec::new();
+                let mut upserts = Vec::new();
+                for row in segment.rows {
+                    match row {
+                        RowState::Upsert(r) => upserts.push(r),
+                        RowState::Delete(r) => deletes.push(r),
+                    }
+                }
+                TableChanges {
+                    schema: segment.schema,
+                    target: segment.target,
+                    truncate: segment.truncate,
+                    deletes,
+                    upserts,
+                }
+            })
+            .collect();
+        ApplyBatch {
+            pipeline: pipeline.to_string(),
+            tables,
+            dead_letters,
+            checkpoint: Checkpoint {
+                position: self.position.unwrap_or_default(),
+                snapshot_complete,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tidewater_core::{Column, ColumnType, Engine};
+
+    fn schema() -> Arc<TableSchema> {
+        let col = |name: &str| Column {
+            name: name.into(),
+            kind: ColumnType::Int64,
+            native_type: "bigint".into(),
+            nullable: true,
+        };
+        Arc::new(TableSchema {
+            id: TableId::new("public", "t"),
+            engine: Engine::Postgres,
+            columns: vec![col("id"), col("v"), col("big")],
+            key: vec![0],
+            enum_labels: vec![],
+        })
+    }
+
+    fn ev(
+        s: &Arc<TableSchema>,
+        op: Op,
+        before: Option<[i64; 3]>,
+        after: Option<Vec<Value>>,
+    ) -> ChangeEvent {
+        ChangeEvent {
+            table: s.clone(),
+            op,
+            before: before.map(|b| b.iter().map(|&x| Value::Int(x)).collect()),
+            after,
+        }
+    }
+
+    fn row(v: [i64; 3]) -> Vec<Value> {
+        v.iter().map(|&x| Value::Int(x)).collect()
+    }
+
+    fn tx(pos: &str, events: Vec<ChangeEvent>) -> Transaction {
+        Transaction {
+            position: pos.into(),
+            position_num: None,
+            commit_time: SystemTime::now(),
+            events,
+        }
+    }
+
+    #[test]
+    fn insert_update_delete_of_one_key_coalesce_to_final_state() {
+        let s = schema();
+        let renames = HashMap::new();
+        let mut b = BatchBuilder::new(&renames);
+        b.push_transaction(tx(
+            "0/1",
+            vec![ev(&s, Op::Insert, None, Some(row([1, 10, 100])))],
+        ));
+        b.push_transaction(tx(
+            "0/2",
+            vec![ev(
+                &s,
+                Op::Update,
+                None,
+                Some(vec![Value::Int(1), Value::Int(11), Value::Unchanged]),
+            )],
+        ));
+        b.push_transaction(tx(
+            "0/3",
+            vec![
+                ev(&s, Op::Insert, None, Some(row([2, 20, 200]))),
+                ev(&s, Op::Delete, Some([2, 0, 0]), None),
+            ],
+        ));
+        let batch = b.finish("p", vec![], true);
+        assert_eq!(batch.checkpoint.position, "0/3");
+        let t = &batch.tables[0];
+        assert_eq!(
+            t.upserts,
+            vec![row([1, 11, 100])],
+            "unchanged column filled from the earlier insert"
+        );
+        assert_eq!(t.deletes.len(), 1);
+    }
+
+    #[test]
+    fn key_change_deletes_old_key_and_truncate_wipes_earlier_rows() {
+        let s = schema();
+        let renames = HashMap::new();
+        let mut b = BatchBuilder::new(&renames);
+        b.push_transaction(tx(
+            "0/1",
+            vec![ev(&s, Op::Update, Some([1, 0, 0]), Some(row([5, 1, 1])))],
+        ));
+        let batch = b.finish("p", vec![], true);
+        assert_eq!(batch.tables[0].deletes, vec![row([1, 0, 0])]);
+        assert_eq!(batch.tables[0].upserts, vec![row([5, 1, 1])]);
+
+        let mut b = BatchBuilder::new(&renames);
+        b.push_transaction(tx(
+            "0/1",
+            vec![ev(&s, Op::Insert, None, Some(row([1, 1, 1])))],
+        ));
+        b.push_transaction(tx(
+            "0/2",
+            vec![
+                ev(&s, Op::Truncate, None, None),
+                ev(&s, Op::Insert, None, Some(row([2, 2, 2]))),
+            ],
+        ));
+        let batch = b.finish("p", vec![], true);
+        assert!(batch.tables[0].truncate);
+        assert_eq!(batch.tables[0].upserts, vec![row([2, 2, 2])]);
+    }
+
+    #[test]
+    fn schema_change_starts_a_new_segment_and_renames_apply() {
+        let s1 = schema();
+        let mut s2 = (*s1).clone();
+        s2.columns.push(Column {
+            name: "extra".into(),
+            kind: ColumnType::Text,
+            native_type: "text".into(),
+            nullable: true,
+        });
+        let s2 = Arc::new(s2);
+        let mut renames = HashMap::new();
+        renames.insert(TableId::new("public", "t"), TableId::new("replica", "t2"));
+        let mut b = BatchBuilder::new(&renames);
+        b.push_transaction(tx(
+            "0/1",
+            vec![ev(&s1, Op::Insert, None, Some(row([1, 1, 1])))],
+        ));
+        b.push_transaction(tx("0/2", vec![ev(&s2, Op::Delete, Some([1, 0, 0]), None)]));
+        let batch = b.finish("p", vec![], true);
+        assert_eq!(batch.tables.len(), 2);
+        assert_eq!(batch.tables[1].target, TableId::new("replica", "t2"));
+        assert_eq!(batch.tables[1].deletes.len(), 1);
+    }
+}

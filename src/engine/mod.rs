@@ -1,0 +1,431 @@
+//! The per-pipeline task: snapshot, then stream; order, batching, retries, checkpoints.
+//!
+//! # Flow
+//! Connect the sink and read the pipeline's checkpoint; connect the source and resolve the
+//! tables; create or extend the target tables. Without a finished snapshot, take one (an
+//! unfinished one is thrown away: target tables emptied, snapshot redone). Then stream:
+//! the source task decodes into a bounded channel while the engine applies; each batch
+//! is whatever has accumulated (natural batching, capped by `max_batch_events` and
+//! `max_batch_delay_ms`), applied as one target transaction with its checkpoint, and only
+//! then acknowledged to the source.
+//!
+//! # Errors
+//! A transient sink error retries the same batch with backoff while the source stream
+//! stays up; a transient source error restarts the run from the target's checkpoint; a
+//! fatal error puts the pipeline in `failed` and ends its task (other pipelines go on).
+
+pub mod batch;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use backon::BackoffBuilder;
+use tidewater_core::{
+    ApplyBatch, Checkpoint, ConnectorError, ErrorClass, Sink, Source, SourceItem, TableChanges,
+    TableId, TablePlan,
+};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{
+    OnError, PipelineConfig, RetryPolicy, SnapshotMode, DEFAULT_SNAPSHOT_CHUNK_ROWS,
+};
+use crate::connectors;
+use crate::status::{PipelineState, PipelineStatus};
+use batch::BatchBuilder;
+
+/// Transactions buffered between the source reader and the engine: the backpressure
+/// bound. Memory is this many transactions (plus one batch being applied).
+const SOURCE_CHANNEL_CAPACITY: usize = 1024;
+const SNAPSHOT_CHANNEL_CAPACITY: usize = 4;
+
+/// How a pipeline task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Stopped,
+    Failed(String),
+}
+
+/// Capped exponential backoff with jitter, unlimited attempts unless configured.
+pub fn backoff(policy: &RetryPolicy) -> impl Iterator<Item = Duration> {
+    let builder = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(policy.initial_ms))
+        .with_max_delay(Duration::from_millis(policy.max_ms))
+        .with_jitter();
+    let builder = match policy.max_attempts {
+        Some(n) => builder.with_max_times(n as usize),
+        None => builder.without_max_times(),
+    };
+    builder.build()
+}
+
+/// [`run_pipeline`], but once shutdown is signalled the pipeline gets
+/// [`crate::SHUTDOWN_GRACE`] to finish its in-flight batch; after that it is dropped,
+/// which rolls back anything uncommitted (the target's checkpoint keeps it consistent).
+pub async fn run_pipeline_with_grace(
+    cfg: PipelineConfig,
+    status: Arc<PipelineStatus>,
+    shutdown: watch::Receiver<bool>,
+) -> Outcome {
+    let mut signal = shutdown.clone();
+    let run = run_pipeline(cfg, status.clone(), shutdown);
+    tokio::pin!(run);
+    tokio::select! {
+        outcome = &mut run => outcome,
+        _ = async { let _ = signal.wait_for(|stop| *stop).await; } => {
+            match tokio::time::timeout(crate::SHUTDOWN_GRACE, &mut run).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    status.set_state(PipelineState::Stopped);
+                    Outcome::Stopped
+                }
+            }
+        }
+    }
+}
+
+/// Runs one pipeline until shutdown or a fatal error.
+pub async fn run_pipeline(
+    cfg: PipelineConfig,
+    status: Arc<PipelineStatus>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Outcome {
+    let mut delays = backoff(&cfg.retry);
+    loop {
+        let started = Instant::now();
+        let applied_before = status.figures().transactions_applied_total;
+        let result = run_once(&cfg, &status, &mut shutdown).await;
+        let error = match result {
+            Ok(()) => {
+                status.set_state(PipelineState::Stopped);
+                tracing::info!(pipeline = %cfg.name, "pipeline stopped");
+                return Outcome::Stopped;
+            }
+            Err(e) => e,
+        };
+        if error.class != ErrorClass::Transient {
+            return fail(&cfg, &status, error.to_string());
+        }
+        // A run that made progress resets the backoff: the next failure is a new incident.
+        if status.figures().transactions_applied_total > applied_before
+            || started.elapsed() > Duration::from_secs(60)
+        {
+            delays = backoff(&cfg.retry);
+        }
+        let Some(delay) = delays.next() else {
+            return fail(
+                &cfg,
+                &status,
+                format!("giving up after retry.max_attempts: {error}"),
+            );
+        };
+        note_retry(&cfg, &status, &error, delay);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => {
+                status.set_state(PipelineState::Stopped);
+                return Outcome::Stopped;
+            }
+        }
+    }
+}
+
+fn fail(cfg: &PipelineConfig, status: &PipelineStatus, message: String) -> Outcome {
+    tracing::error!(pipeline = %cfg.name, error = %message, "pipeline failed");
+    let mut f = status.figures();
+    f.state = PipelineState::Failed;
+    f.last_error = Some(message.clone());
+    Outcome::Failed(message)
+}
+
+fn note_retry(
+    cfg: &PipelineConfig,
+    status: &PipelineStatus,
+    error: &ConnectorError,
+    delay: Duration,
+) {
+    tracing::warn!(pipeline = %cfg.name, error = %error, retry_in_ms = delay.as_millis() as u64, "transient error, retrying");
+    let mut f = status.figures();
+    f.state = PipelineState::Retrying;
+    f.retries_total += 1;
+    f.last_error = Some(error.to_string());
+}
+
+/// Table plans: each source table and the target table it is written to.
+fn plans(
+    cfg: &PipelineConfig,
+    schemas: Vec<Arc<tidewater_core::TableSchema>>,
+) -> (Vec<TablePlan>, HashMap<TableId, TableId>) {
+    let renames: HashMap<TableId, TableId> = cfg
+        .renames
+        .iter()
+        .map(|(from, to)| (TableId::parse(from, "public"), TableId::parse(to, "public")))
+        .collect();
+    let plans = schemas
+        .into_iter()
+        .map(|schema| {
+            let target = BatchBuilder::target_of(&renames, &schema.id);
+            TablePlan {
+                source: schema,
+                target,
+            }
+        })
+        .collect();
+    (plans, renames)
+}
+
+async fn run_once(
+    cfg: &PipelineConfig,
+    status: &Arc<PipelineStatus>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), ConnectorError> {
+    if status.state() != PipelineState::Retrying {
+        status.set_state(PipelineState::Starting);
+    }
+    let mut sink = connectors::sink(cfg)?;
+    sink.prepare().await?;
+    let checkpoint = sink.load_checkpoint(&cfg.name).await?;
+    let mut source = connectors::source(cfg)?;
+    let schemas = source.prepare().await?;
+    let (plans, renames) = plans(cfg, schemas);
+    sink.ensure_tables(&plans).await?;
+
+    let checkpoint = match checkpoint {
+        Some(cp) if cp.snapshot_complete => cp,
+        unfinished => match cfg.snapshot {
+            SnapshotMode::Never => {
+                let position = source.begin_without_snapshot().await?;
+                let cp = Checkpoint {
+                    position,
+                    snapshot_complete: true,
+                };
+                sink.reset_for_snapshot(&cfg.name, &[], &cp).await?;
+                cp
+            }
+            SnapshotMode::Initial => {
+                status.set_state(PipelineState::Snapshotting);
+                snapshot(
+                    cfg,
+                    status,
+                    source.as_mut(),
+                    sink.as_mut(),
+                    &plans,
+                    unfinished.is_some(),
+                )
+                .await?
+            }
+        },
+    };
+    {
+        let mut f = status.figures();
+        f.applied_position = Some(checkpoint.position.clone());
+    }
+    stream(
+        cfg,
+        status,
+        shutdown,
+        source.as_mut(),
+        sink.as_mut(),
+        &renames,
+        checkpoint,
+    )
+    .await
+}
+
+/// Copies every table from a consistent snapshot; returns the checkpoint streaming
+/// starts from.
+async fn snapshot(
+    cfg: &PipelineConfig,
+    status: &PipelineStatus,
+    source: &mut dyn Source,
+    sink: &mut dyn Sink,
+    plans: &[TablePlan],
+    restart: bool,
+) -> Result<Checkpoint, ConnectorError> {
+    let position = source.begin_snapshot().await?;
+    let pending = Checkpoint {
+        position: position.clone(),
+        snapshot_complete: false,
+    };
+    let to_empty: Vec<TableId> = if restart {
+        plans.iter().map(|p| p.target.clone()).collect()
+    } else {
+        Vec::new()
+    };
+    if restart {
+        tracing::info!(pipeline = %cfg.name, "restarting an unfinished snapshot from scratch");
+    }
+    sink.reset_for_snapshot(&cfg.name, &to_empty, &pending)
+        .await?;
+    tracing::info!(pipeline = %cfg.name, position = %position, tables = plans.len(), "snapshot started");
+    for plan in plans {
+        let (tx, mut rx) = mpsc::channel(SNAPSHOT_CHANNEL_CAPACITY);
+        let read = async {
+            let result = source
+                .snapshot_table(&plan.source, DEFAULT_SNAPSHOT_CHUNK_ROWS, &tx)
+                .await;
+            drop(tx);
+            result
+        };
+        let write = async {
+            let mut rows_total = 0u64;
+            while let Some(chunk) = rx.recv().await {
+                let rows = chunk.rows.len() as u64;
+                let batch = ApplyBatch {
+                    pipeline: cfg.name.clone(),
+                    tables: vec![TableChanges {
+                        schema: chunk.table,
+                        target: plan.target.clone(),
+                        truncate: false,
+                        deletes: Vec::new(),
+                        upserts: chunk.rows,
+                    }],
+                    dead_letters: Vec::new(),
+                    checkpoint: pending.clone(),
+                };
+                sink.apply(&batch).await?;
+                rows_total += rows;
+                status.figures().events_applied_total += rows;
+            }
+            Ok::<u64, ConnectorError>(rows_total)
+        };
+        let (_, rows) = tokio::try_join!(read, write)?;
+        tracing::info!(pipeline = %cfg.name, table = %plan.source.id, rows, "table copied");
+    }
+    let done = Checkpoint {
+        position,
+        snapshot_complete: true,
+    };
+    sink.apply(&ApplyBatch {
+        pipeline: cfg.name.clone(),
+        tables: Vec::new(),
+        dead_letters: Vec::new(),
+        checkpoint: done.clone(),
+    })
+    .await?;
+    tracing::info!(pipeline = %cfg.name, "snapshot complete");
+    Ok(done)
+}
+
+/// Stops the source stream when the engine leaves, whatever the reason.
+struct StreamGuard(tidewater_core::StreamHandle);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+async fn stream(
+    cfg: &PipelineConfig,
+    status: &PipelineStatus,
+    shutdown: &mut watch::Receiver<bool>,
+    source: &mut dyn Source,
+    sink: &mut dyn Sink,
+    renames: &HashMap<TableId, TableId>,
+    checkpoint: Checkpoint,
+) -> Result<(), ConnectorError> {
+    let (items_tx, mut items) = mpsc::channel(SOURCE_CHANNEL_CAPACITY);
+    let (acks, acks_rx) = watch::channel(None);
+    let mut handle = StreamGuard(
+        source
+            .start_stream(&checkpoint, items_tx, acks_rx, status.progress.clone())
+            .await?,
+    );
+    status.set_state(PipelineState::Streaming);
+    let max_delay = Duration::from_millis(cfg.max_batch_delay_ms);
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let first = tokio::select! {
+            item = items.recv() => item,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        let Some(first) = first else {
+            // The source ended: its task says why.
+            return match (&mut handle.0.task).await {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(())) => Err(ConnectorError::transient("the source stream ended")),
+                Err(join) => Err(ConnectorError::fatal(format!(
+                    "the source stream task crashed: {join}"
+                ))),
+            };
+        };
+        let mut batch = BatchBuilder::new(renames);
+        let started = Instant::now();
+        let mut next = Some(first);
+        // Natural batching: take what is already there, never wait for more.
+        while let Some(item) = next.take() {
+            match item {
+                SourceItem::Transaction(tx) => batch.push_transaction(tx),
+                SourceItem::Heartbeat { position } => batch.push_heartbeat(position),
+            }
+            if batch.events >= cfg.max_batch_events || started.elapsed() >= max_delay {
+                break;
+            }
+            next = items.try_recv().ok();
+        }
+        {
+            let mut f = status.figures();
+            if f.oldest_unapplied_commit.is_none() {
+                f.oldest_unapplied_commit = batch.oldest_commit;
+            }
+        }
+        let (events, transactions) = (batch.events as u64, batch.transactions as u64);
+        let apply = batch.finish(&cfg.name, Vec::new(), true);
+        if !apply_with_retry(cfg, status, shutdown, sink, &apply).await? {
+            return Ok(()); // shutdown while retrying: nothing partial was committed
+        }
+        let position = apply.checkpoint.position.clone();
+        let _ = acks.send(Some(position.clone()));
+        let mut f = status.figures();
+        f.applied_position = Some(position);
+        if transactions > 0 {
+            f.last_applied_at = Some(SystemTime::now());
+        }
+        f.events_applied_total += events;
+        f.transactions_applied_total += transactions;
+        f.oldest_unapplied_commit = None;
+        if f.state == PipelineState::Retrying {
+            f.state = PipelineState::Streaming;
+        }
+    }
+}
+
+/// Applies one batch, retrying transient failures with backoff. Returns false when shut
+/// down before it could be applied.
+async fn apply_with_retry(
+    cfg: &PipelineConfig,
+    status: &PipelineStatus,
+    shutdown: &mut watch::Receiver<bool>,
+    sink: &mut dyn Sink,
+    batch: &ApplyBatch,
+) -> Result<bool, ConnectorError> {
+    let mut delays = backoff(&cfg.retry);
+    loop {
+        let error = match sink.apply(batch).await {
+            Ok(_) => return Ok(true),
+            Err(e) => e,
+        };
+        match error.class {
+            ErrorClass::Transient => {}
+            ErrorClass::Event if cfg.on_error == OnError::Stop => {
+                return Err(ConnectorError::fatal(format!(
+                    "the target rejected a change and on_error = \"stop\": {error}"
+                )))
+            }
+            _ => return Err(error),
+        }
+        let Some(delay) = delays.next() else {
+            return Err(ConnectorError::fatal(format!(
+                "giving up after retry.max_attempts: {error}"
+            )));
+        };
+        note_retry(cfg, status, &error, delay);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return Ok(false),
+        }
+    }
+}

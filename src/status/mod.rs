@@ -1,0 +1,295 @@
+//! Pipeline status: the shared figures every pipeline updates, and the HTTP server that
+//! shows them (`/status` JSON as PRODUCT.md defines it, `/healthz`, `/readyz`,
+//! `/metrics` in Prometheus text format).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use tidewater_core::SourceProgress;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PipelineState {
+    Starting,
+    Snapshotting,
+    Streaming,
+    Retrying,
+    Failed,
+    Stopped,
+}
+
+impl PipelineState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PipelineState::Starting => "starting",
+            PipelineState::Snapshotting => "snapshotting",
+            PipelineState::Streaming => "streaming",
+            PipelineState::Retrying => "retrying",
+            PipelineState::Failed => "failed",
+            PipelineState::Stopped => "stopped",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Figures {
+    pub state: PipelineState,
+    pub applied_position: Option<String>,
+    pub last_applied_at: Option<SystemTime>,
+    pub events_applied_total: u64,
+    pub transactions_applied_total: u64,
+    pub dead_letters_total: u64,
+    pub retries_total: u64,
+    pub last_error: Option<String>,
+    /// Commit time of the oldest source transaction received but not yet applied.
+    pub oldest_unapplied_commit: Option<SystemTime>,
+}
+
+/// One pipeline's live status, shared by its task and the HTTP server.
+#[derive(Debug)]
+pub struct PipelineStatus {
+    pub name: String,
+    figures: Mutex<Figures>,
+    pub progress: Arc<SourceProgress>,
+}
+
+impl PipelineStatus {
+    pub fn new(name: &str) -> Arc<Self> {
+        Arc::new(PipelineStatus {
+            name: name.to_string(),
+            figures: Mutex::new(Figures {
+                state: PipelineState::Starting,
+                applied_position: None,
+                last_applied_at: None,
+                events_applied_total: 0,
+                transactions_applied_total: 0,
+                dead_letters_total: 0,
+                retries_total: 0,
+                last_error: None,
+                oldest_unapplied_commit: None,
+            }),
+            progress: Arc::new(SourceProgress::default()),
+        })
+    }
+
+    /// The figures, for reading or updating. A poisoned lock (a panic elsewhere while
+    /// holding it) still holds consistent-enough numbers to report.
+    pub fn figures(&self) -> MutexGuard<'_, Figures> {
+        self.figures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn set_state(&self, state: PipelineState) {
+        self.figures().state = state;
+    }
+
+    pub fn state(&self) -> PipelineState {
+        self.figures().state
+    }
+
+    pub fn snapshot_json(&self) -> PipelineJson {
+        let f = self.figures().clone();
+        let now = SystemTime::now();
+        let lag_seconds = f
+            .oldest_unapplied_commit
+            .and_then(|t| now.duration_since(t).ok())
+            .map_or(0.0, |d| (d.as_secs_f64() * 1000.0).round() / 1000.0);
+        let head = self
+            .progress
+            .head_position
+            .lock()
+            .ok()
+            .and_then(|h| h.clone());
+        PipelineJson {
+            name: self.name.clone(),
+            state: f.state,
+            source_position: head.or_else(|| f.applied_position.clone()),
+            applied_position: f.applied_position,
+            lag_bytes: self.progress.lag_bytes.load(Ordering::Relaxed),
+            lag_seconds,
+            last_applied_at: f
+                .last_applied_at
+                .map(|t| DateTime::<Utc>::from(t).to_rfc3339_opts(SecondsFormat::Secs, true)),
+            events_applied_total: f.events_applied_total,
+            transactions_applied_total: f.transactions_applied_total,
+            dead_letters_total: f.dead_letters_total,
+            retries_total: f.retries_total,
+            last_error: f.last_error,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelineJson {
+    pub name: String,
+    pub state: PipelineState,
+    pub source_position: Option<String>,
+    pub applied_position: Option<String>,
+    pub lag_bytes: u64,
+    pub lag_seconds: f64,
+    pub last_applied_at: Option<String>,
+    pub events_applied_total: u64,
+    pub transactions_applied_total: u64,
+    pub dead_letters_total: u64,
+    pub retries_total: u64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusJson {
+    pub version: &'static str,
+    pub uptime_secs: u64,
+    pub pipelines: Vec<PipelineJson>,
+}
+
+/// Every pipeline's status, in configuration order.
+#[derive(Debug)]
+pub struct Registry {
+    started: Instant,
+    pub pipelines: Vec<Arc<PipelineStatus>>,
+}
+
+impl Registry {
+    pub fn new(pipelines: Vec<Arc<PipelineStatus>>) -> Arc<Self> {
+        Arc::new(Registry {
+            started: Instant::now(),
+            pipelines,
+        })
+    }
+
+    pub fn json(&self) -> StatusJson {
+        StatusJson {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_secs: self.started.elapsed().as_secs(),
+            pipelines: self.pipelines.iter().map(|p| p.snapshot_json()).collect(),
+        }
+    }
+
+    /// Ready when every pipeline is past starting and none has failed.
+    pub fn ready(&self) -> bool {
+        self.pipelines.iter().all(|p| {
+            matches!(
+                p.state(),
+                PipelineState::Snapshotting | PipelineState::Streaming | PipelineState::Retrying
+            )
+        })
+    }
+}
+
+pub fn router(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/status", get(status))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(registry)
+}
+
+async fn status(State(registry): State<Arc<Registry>>) -> Json<StatusJson> {
+    Json(registry.json())
+}
+
+async fn readyz(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
+    if registry.ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render_metrics(&registry.json()),
+    )
+}
+
+/// Prometheus text exposition of the status figures.
+pub fn render_metrics(status: &StatusJson) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, value: &dyn Fn(&PipelineJson) -> f64| {
+        let _ = writeln!(
+            out,
+            "# HELP tidewater_{name} {help}\n# TYPE tidewater_{name} {kind}"
+        );
+        for p in &status.pipelines {
+            let _ = writeln!(
+                out,
+                "tidewater_{name}{{pipeline=\"{}\"}} {}",
+                p.name,
+                value(p)
+            );
+        }
+    };
+    family(
+        "events_applied_total",
+        "counter",
+        "Change events applied to the target.",
+        &|p| p.events_applied_total as f64,
+    );
+    family(
+        "transactions_applied_total",
+        "counter",
+        "Source transactions applied to the target.",
+        &|p| p.transactions_applied_total as f64,
+    );
+    family(
+        "lag_seconds",
+        "gauge",
+        "Age of the oldest committed source change not yet applied.",
+        &|p| p.lag_seconds,
+    );
+    family(
+        "lag_bytes",
+        "gauge",
+        "Source WAL/binlog bytes written but not yet applied.",
+        &|p| p.lag_bytes as f64,
+    );
+    family(
+        "dead_letters_total",
+        "counter",
+        "Events written to the dead-letter table.",
+        &|p| p.dead_letters_total as f64,
+    );
+    family(
+        "retries_total",
+        "counter",
+        "Retries after transient errors.",
+        &|p| p.retries_total as f64,
+    );
+    let _ = writeln!(out, "# HELP tidewater_pipeline_state Current state (1 for the current one).\n# TYPE tidewater_pipeline_state gauge");
+    for p in &status.pipelines {
+        let _ = writeln!(
+            out,
+            "tidewater_pipeline_state{{pipeline=\"{}\",state=\"{}\"}} 1",
+            p.name,
+            p.state.as_str()
+        );
+    }
+    out
+}
+
+/// Binds the status server; the returned future serves until `shutdown` resolves.
+pub async fn bind(
+    listen: SocketAddr,
+    registry: Arc<Registry>,
+) -> std::io::Result<(
+    SocketAddr,
+    impl std::future::Future<Output = std::io::Result<()>>,
+)> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let local = listener.local_addr()?;
+    let serve = async move { axum::serve(listener, router(registry)).await };
+    Ok((local, serve))
+}

@@ -1,0 +1,1 @@
+mod pg_sync;
