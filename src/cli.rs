@@ -97,12 +97,8 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             eprintln!("tidewater verify is not available in this version yet");
             ExitCode::from(1)
         }
-        Command::Dlq {
-            command: DlqCommand::List { config, pipeline },
-        } => dlq_list(&config, pipeline.as_deref()).await,
-        Command::Dlq {
-            command: DlqCommand::Replay { .. },
-        } => {
+        Command::Dlq { command: DlqCommand::List { config, pipeline } } => dlq_list(&config, pipeline.as_deref()).await,
+        Command::Dlq { command: DlqCommand::Replay { .. } } => {
             eprintln!("tidewater dlq replay is not available in this version yet");
             ExitCode::from(1)
         }
@@ -112,11 +108,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
 async fn check(path: &std::path::Path) -> ExitCode {
     let cfg = match load_config(path) {
         Ok(c) => {
-            println!(
-                "[ok]   config: {} valid ({} pipelines)",
-                path.display(),
-                c.pipelines.len()
-            );
+            println!("[ok]   config: {} valid ({} pipelines)", path.display(), c.pipelines.len());
             c
         }
         Err(code) => return code,
@@ -128,12 +120,9 @@ async fn check(path: &std::path::Path) -> ExitCode {
         if checked_sources.insert(p.source.name.clone()) {
             let results = match crate::connectors::source_pg_endpoint(p) {
                 Ok(ep) if p.source.kind == config::SourceKind::Postgres => {
-                    tidewater_postgres::check::check_source(&p.source.name, &ep, &p.source.tables)
-                        .await
+                    tidewater_postgres::check::check_source(&p.source.name, &ep, &p.source.tables).await
                 }
-                Ok(_) => vec![unsupported(
-                    "mysql sources are not available in this build yet",
-                )],
+                Ok(_) => vec![unsupported("mysql sources are not available in this build yet")],
                 Err(e) => vec![tidewater_postgres::check::CheckResult {
                     what: "password".into(),
                     ok: false,
@@ -146,9 +135,7 @@ async fn check(path: &std::path::Path) -> ExitCode {
             let results = match crate::connectors::target_pg_endpoint(p) {
                 Ok(Some(ep)) => tidewater_postgres::check::check_target(&p.target.name, &ep).await,
                 Ok(None) if p.target.kind != TargetKind::Postgres => {
-                    vec![unsupported(
-                        "mysql and sqlite targets are not available in this build yet",
-                    )]
+                    vec![unsupported("mysql and sqlite targets are not available in this build yet")]
                 }
                 Ok(None) => vec![unsupported("target has no url")],
                 Err(e) => vec![tidewater_postgres::check::CheckResult {
@@ -170,11 +157,7 @@ async fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn unsupported(detail: &str) -> tidewater_postgres::check::CheckResult {
-    tidewater_postgres::check::CheckResult {
-        what: "type".into(),
-        ok: false,
-        detail: detail.into(),
-    }
+    tidewater_postgres::check::CheckResult { what: "type".into(), ok: false, detail: detail.into() }
 }
 
 /// Prints results; returns true when any failed.
@@ -192,9 +175,7 @@ async fn status(url: &str, json: bool) -> ExitCode {
     let body = match crate::http_get(&format!("{}/status", url.trim_end_matches('/'))).await {
         Ok(b) => b,
         Err(e) => {
-            eprintln!(
-                "cannot read {url}/status: {e} (is tidewater running? is status.listen {url}?)"
-            );
+            eprintln!("cannot read {url}/status: {e} (is tidewater running? is status.listen {url}?)");
             return ExitCode::from(1);
         }
     };
@@ -219,11 +200,7 @@ async fn status(url: &str, json: bool) -> ExitCode {
         "PIPELINE", "STATE", "LAG s", "LAG bytes", "EVENTS", "DLQ", "RETRIES"
     );
     let mut any_failed = false;
-    for p in parsed["pipelines"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-    {
+    for p in parsed["pipelines"].as_array().map(Vec::as_slice).unwrap_or_default() {
         any_failed |= p["state"] == "failed";
         println!(
             "{:<24} {:<12} {:>9.3} {:>12} {:>14} {:>6} {:>7}  {}",
@@ -250,18 +227,11 @@ async fn dlq_list(path: &std::path::Path, pipeline: Option<&str>) -> ExitCode {
         Err(code) => return code,
     };
     let mut failed = false;
-    for p in cfg
-        .pipelines
-        .iter()
-        .filter(|p| pipeline.is_none_or(|name| name == p.name))
-    {
+    for p in cfg.pipelines.iter().filter(|p| pipeline.is_none_or(|name| name == p.name)) {
         let endpoint = match crate::connectors::target_pg_endpoint(p) {
             Ok(Some(ep)) => ep,
             Ok(None) => {
-                eprintln!(
-                    "pipeline {}: only postgres targets are supported by dlq list in this build",
-                    p.name
-                );
+                eprintln!("pipeline {}: only postgres targets are supported by dlq list in this build", p.name);
                 failed = true;
                 continue;
             }
@@ -284,9 +254,7 @@ async fn dlq_list(path: &std::path::Path, pipeline: Option<&str>) -> ExitCode {
                         r.target_table,
                         r.source_position,
                         r.failed_at,
-                        r.replayed_at
-                            .map(|t| format!(", replayed {t}"))
-                            .unwrap_or_default(),
+                        r.replayed_at.map(|t| format!(", replayed {t}")).unwrap_or_default(),
                         r.error,
                         r.payload
                     );

@@ -35,10 +35,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 fn err(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key: key.into(),
-        problem: problem.into(),
-    }
+    ConfigError { key: key.into(), problem: problem.into() }
 }
 
 // ---------------------------------------------------------------- file format (serde)
@@ -174,9 +171,9 @@ impl Secret {
             Secret::File(path) => std::fs::read_to_string(path)
                 .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_string()))
                 .map_err(|e| format!("cannot read password_file {}: {e}", path.display())),
-            Secret::Env(var) => std::env::var(var)
-                .map(Some)
-                .map_err(|_| format!("password_env {var} is not set in the environment")),
+            Secret::Env(var) => {
+                std::env::var(var).map(Some).map_err(|_| format!("password_env {var} is not set in the environment"))
+            }
         }
     }
 }
@@ -263,10 +260,7 @@ pub struct Config {
 /// Reads and validates the file. Errors name the file, the key and the fix.
 pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![err(
-            path.display().to_string(),
-            format!("cannot read the configuration file: {e} (pass --config FILE)"),
-        )]
+        vec![err(path.display().to_string(), format!("cannot read the configuration file: {e} (pass --config FILE)"))]
     })?;
     parse(&text)
 }
@@ -304,9 +298,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 40
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
 }
 
@@ -314,16 +306,9 @@ fn valid_name(name: &str) -> bool {
 pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
     let mut errors = Vec::new();
 
-    let listen_text = raw
-        .status
-        .listen
-        .as_deref()
-        .unwrap_or(DEFAULT_STATUS_LISTEN);
+    let listen_text = raw.status.listen.as_deref().unwrap_or(DEFAULT_STATUS_LISTEN);
     let status_listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
-        errors.push(err(
-            "status.listen",
-            format!("{listen_text:?} is not an address:port such as \"127.0.0.1:8790\""),
-        ));
+        errors.push(err("status.listen", format!("{listen_text:?} is not an address:port such as \"127.0.0.1:8790\"")));
         SocketAddr::from(([127, 0, 0, 1], 8790))
     });
     let log_format = match raw.log.format.as_deref().unwrap_or("auto") {
@@ -331,10 +316,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
         "text" => LogFormat::Text,
         "json" => LogFormat::Json,
         other => {
-            errors.push(err(
-                "log.format",
-                format!("{other:?} is not one of auto, text, json"),
-            ));
+            errors.push(err("log.format", format!("{other:?} is not one of auto, text, json")));
             LogFormat::Auto
         }
     };
@@ -346,10 +328,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
             "postgres" | "postgresql" => Some(SourceKind::Postgres),
             "mysql" | "mariadb" => Some(SourceKind::Mysql),
             other => {
-                errors.push(err(
-                    format!("{key}.type"),
-                    format!("{other:?} is not one of postgres, mysql"),
-                ));
+                errors.push(err(format!("{key}.type"), format!("{other:?} is not one of postgres, mysql")));
                 None
             }
         };
@@ -363,16 +342,19 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
         }
         for table in &src.tables {
             if table.split('.').count() != 2 || table.split('.').any(str::is_empty) {
-                errors.push(err(
-                    format!("{key}.tables"),
-                    format!("{table:?} must be schema.table or schema.*"),
-                ));
+                errors.push(err(format!("{key}.tables"), format!("{table:?} must be schema.table or schema.*")));
             }
         }
         if kind == Some(SourceKind::Mysql) {
             match src.server_id {
-                None => errors.push(err(format!("{key}.server_id"), "required for mysql sources: a replica id unique among the server's replicas, e.g. 4201")),
-                Some(0) => errors.push(err(format!("{key}.server_id"), "must be between 1 and 4294967295 and unique among the server's replicas")),
+                None => errors.push(err(
+                    format!("{key}.server_id"),
+                    "required for mysql sources: a replica id unique among the server's replicas, e.g. 4201",
+                )),
+                Some(0) => errors.push(err(
+                    format!("{key}.server_id"),
+                    "must be between 1 and 4294967295 and unique among the server's replicas",
+                )),
                 Some(_) => {}
             }
         }
@@ -403,10 +385,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
             "mysql" | "mariadb" => Some(TargetKind::Mysql),
             "sqlite" => Some(TargetKind::Sqlite),
             other => {
-                errors.push(err(
-                    format!("{key}.type"),
-                    format!("{other:?} is not one of postgres, mysql, sqlite"),
-                ));
+                errors.push(err(format!("{key}.type"), format!("{other:?} is not one of postgres, mysql, sqlite")));
                 None
             }
         };
@@ -414,10 +393,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
         let endpoint = match (kind, &tgt.url) {
             (Some(TargetKind::Sqlite), _) => {
                 if tgt.path.is_none() {
-                    errors.push(err(
-                        format!("{key}.path"),
-                        "required for sqlite targets: the database file",
-                    ));
+                    errors.push(err(format!("{key}.path"), "required for sqlite targets: the database file"));
                 }
                 None
             }
@@ -434,13 +410,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
         if let Some(kind) = kind {
             targets.insert(
                 name.clone(),
-                TargetConfig {
-                    name: name.clone(),
-                    kind,
-                    endpoint,
-                    path: tgt.path.clone(),
-                    password,
-                },
+                TargetConfig { name: name.clone(), kind, endpoint, path: tgt.path.clone(), password },
             );
         }
     }
@@ -451,45 +421,36 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
     for (i, p) in raw.pipelines.iter().enumerate() {
         let key = format!("pipelines[{i}]");
         if !valid_name(&p.name) {
-            errors.push(err(format!("{key}.name"), format!("{:?} must be 1-40 characters of a-z, 0-9 and _ (it names the slot and publication)", p.name)));
+            errors.push(err(
+                format!("{key}.name"),
+                format!("{:?} must be 1-40 characters of a-z, 0-9 and _ (it names the slot and publication)", p.name),
+            ));
         }
         if !seen.insert(p.name.clone()) {
             errors.push(err(
                 format!("{key}.name"),
-                format!(
-                    "{:?} is used by two pipelines; names must be unique",
-                    p.name
-                ),
+                format!("{:?} is used by two pipelines; names must be unique", p.name),
             ));
         }
         let source = sources.get(&p.source);
         if source.is_none() && !raw.sources.contains_key(&p.source) {
             errors.push(err(
                 format!("{key}.source"),
-                format!(
-                    "{:?} is not defined; add a [sources.{}] section",
-                    p.source, p.source
-                ),
+                format!("{:?} is not defined; add a [sources.{}] section", p.source, p.source),
             ));
         }
         let target = targets.get(&p.target);
         if target.is_none() && !raw.targets.contains_key(&p.target) {
             errors.push(err(
                 format!("{key}.target"),
-                format!(
-                    "{:?} is not defined; add a [targets.{}] section",
-                    p.target, p.target
-                ),
+                format!("{:?} is not defined; add a [targets.{}] section", p.target, p.target),
             ));
         }
         let snapshot = match p.snapshot.as_deref().unwrap_or("initial") {
             "initial" => SnapshotMode::Initial,
             "never" => SnapshotMode::Never,
             other => {
-                errors.push(err(
-                    format!("{key}.snapshot"),
-                    format!("{other:?} is not one of initial, never"),
-                ));
+                errors.push(err(format!("{key}.snapshot"), format!("{other:?} is not one of initial, never")));
                 SnapshotMode::Initial
             }
         };
@@ -497,10 +458,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
             "dead_letter" => OnError::DeadLetter,
             "stop" => OnError::Stop,
             other => {
-                errors.push(err(
-                    format!("{key}.on_error"),
-                    format!("{other:?} is not one of dead_letter, stop"),
-                ));
+                errors.push(err(format!("{key}.on_error"), format!("{other:?} is not one of dead_letter, stop")));
                 OnError::DeadLetter
             }
         };
@@ -509,19 +467,12 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
             errors.push(err(format!("{key}.max_batch_events"), "must be at least 1"));
         }
         let retry = RetryPolicy {
-            initial_ms: p
-                .retry
-                .initial_ms
-                .unwrap_or(DEFAULT_RETRY_INITIAL_MS)
-                .max(1),
+            initial_ms: p.retry.initial_ms.unwrap_or(DEFAULT_RETRY_INITIAL_MS).max(1),
             max_ms: p.retry.max_ms.unwrap_or(DEFAULT_RETRY_MAX_MS),
             max_attempts: p.retry.max_attempts.filter(|&n| n > 0),
         };
         if retry.max_ms < retry.initial_ms {
-            errors.push(err(
-                format!("{key}.retry.max_ms"),
-                "must be at least retry.initial_ms",
-            ));
+            errors.push(err(format!("{key}.retry.max_ms"), "must be at least retry.initial_ms"));
         }
         for (from, to) in &p.tables {
             for (what, name) in [("source", from), ("target", to)] {
@@ -550,16 +501,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
                 on_error,
                 max_batch_events: max_batch_events.max(1),
                 max_batch_delay_ms: p.max_batch_delay_ms.unwrap_or(DEFAULT_MAX_BATCH_DELAY_MS),
-                slot: p
-                    .slot
-                    .clone()
-                    .or(src_slot.clone())
-                    .unwrap_or_else(|| default_name.clone()),
-                publication: p
-                    .publication
-                    .clone()
-                    .or(src_pub.clone())
-                    .unwrap_or(default_name),
+                slot: p.slot.clone().or(src_slot.clone()).unwrap_or_else(|| default_name.clone()),
+                publication: p.publication.clone().or(src_pub.clone()).unwrap_or(default_name),
                 renames: p.tables.clone(),
                 retry,
             });
@@ -569,9 +512,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
         for (what, name) in [("slot", &p.slot), ("publication", &p.publication)] {
             let ok = !name.is_empty()
                 && name.len() <= 63
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
             if !ok {
                 errors.push(err(
                     format!("pipelines.{}.{what}", p.name),
@@ -581,36 +522,20 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
         }
     }
     if raw.pipelines.is_empty() {
-        errors.push(err(
-            "pipelines",
-            "no [[pipelines]] defined: add one with name, source and target",
-        ));
+        errors.push(err("pipelines", "no [[pipelines]] defined: add one with name, source and target"));
     }
 
     if errors.is_empty() {
-        Ok(Config {
-            status_listen,
-            log_format,
-            log_level: raw.log.level.unwrap_or_else(|| "info".into()),
-            pipelines,
-        })
+        Ok(Config { status_listen, log_format, log_level: raw.log.level.unwrap_or_else(|| "info".into()), pipelines })
     } else {
         Err(errors)
     }
 }
 
-fn secret(
-    key: &str,
-    file: &Option<PathBuf>,
-    env: &Option<String>,
-    errors: &mut Vec<ConfigError>,
-) -> Secret {
+fn secret(key: &str, file: &Option<PathBuf>, env: &Option<String>, errors: &mut Vec<ConfigError>) -> Secret {
     match (file, env) {
         (Some(_), Some(_)) => {
-            errors.push(err(
-                format!("{key}.password_file"),
-                "set either password_file or password_env, not both",
-            ));
+            errors.push(err(format!("{key}.password_file"), "set either password_file or password_env, not both"));
             Secret::None
         }
         (Some(f), None) => Secret::File(f.clone()),
@@ -623,20 +548,14 @@ fn secret(
 /// belong in `password_file` / `password_env`.
 fn parse_url(url: &str, key: &str, errors: &mut Vec<ConfigError>) -> Option<Endpoint> {
     let Some((scheme, rest)) = url.split_once("://") else {
-        errors.push(err(
-            key,
-            "must be a URL like postgres://user@host:5432/database",
-        ));
+        errors.push(err(key, "must be a URL like postgres://user@host:5432/database"));
         return None;
     };
     let default_port = match scheme {
         "postgres" | "postgresql" => 5432,
         "mysql" | "mariadb" => 3306,
         other => {
-            errors.push(err(
-                key,
-                format!("scheme {other:?} is not one of postgres://, mysql://"),
-            ));
+            errors.push(err(key, format!("scheme {other:?} is not one of postgres://, mysql://")));
             return None;
         }
     };
@@ -647,17 +566,10 @@ fn parse_url(url: &str, key: &str, errors: &mut Vec<ConfigError>) -> Option<Endp
         None => ("", authority),
     };
     if userinfo.contains(':') {
-        errors.push(err(
-            key,
-            "contains a password: remove it from the URL and use password_file or password_env",
-        ));
+        errors.push(err(key, "contains a password: remove it from the URL and use password_file or password_env"));
         return None;
     }
-    let user = if userinfo.is_empty() {
-        "postgres".to_string()
-    } else {
-        userinfo.to_string()
-    };
+    let user = if userinfo.is_empty() { "postgres".to_string() } else { userinfo.to_string() };
     let (host, port) = match hostport.rsplit_once(':') {
         Some((h, p)) => match p.parse::<u16>() {
             Ok(p) => (h.to_string(), p),
@@ -672,18 +584,8 @@ fn parse_url(url: &str, key: &str, errors: &mut Vec<ConfigError>) -> Option<Endp
         errors.push(err(key, "has no host"));
         return None;
     }
-    let database = if database.is_empty() && default_port == 5432 {
-        user.clone()
-    } else {
-        database.to_string()
-    };
-    Some(Endpoint {
-        url: url.to_string(),
-        host,
-        port,
-        user,
-        database,
-    })
+    let database = if database.is_empty() && default_port == 5432 { user.clone() } else { database.to_string() };
+    Some(Endpoint { url: url.to_string(), host, port, user, database })
 }
 
 #[cfg(test)]
@@ -742,10 +644,7 @@ target = "wh"
 
     #[test]
     fn undefined_source_and_bad_enum_values_are_all_reported() {
-        let text = GOOD.replace(
-            "source = \"app\"",
-            "source = \"nope\"\nsnapshot = \"sometimes\"",
-        );
+        let text = GOOD.replace("source = \"app\"", "source = \"nope\"\nsnapshot = \"sometimes\"");
         let e = parse(&text).unwrap_err();
         let keys: Vec<_> = e.iter().map(|e| e.key.as_str()).collect();
         assert!(keys.contains(&"pipelines[0].source"), "{keys:?}");
@@ -771,12 +670,6 @@ mod example_tests {
         let text = include_str!("../config.example.toml");
         let cfg = super::parse(text).unwrap();
         assert_eq!(cfg.pipelines[0].name, "app_to_warehouse");
-        assert_eq!(
-            cfg.pipelines[0]
-                .renames
-                .get("public.orders")
-                .map(String::as_str),
-            Some("replica.orders")
-        );
+        assert_eq!(cfg.pipelines[0].renames.get("public.orders").map(String::as_str), Some("replica.orders"));
     }
 }

@@ -12,9 +12,7 @@ fn pg_endpoint(
     application_name: String,
     key: &str,
 ) -> Result<PgEndpoint, ConnectorError> {
-    let password = secret
-        .read()
-        .map_err(|e| ConnectorError::fatal(format!("{key}: {e}")))?;
+    let password = secret.read().map_err(|e| ConnectorError::fatal(format!("{key}: {e}")))?;
     Ok(PgEndpoint {
         host: endpoint.host.clone(),
         port: endpoint.port,
@@ -30,19 +28,14 @@ pub fn source(cfg: &PipelineConfig) -> Result<Box<dyn Source>, ConnectorError> {
     match cfg.source.kind {
         SourceKind::Postgres => Ok(Box::new(PgSource::new(PgSourceConfig {
             source_name: cfg.source.name.clone(),
-            endpoint: pg_endpoint(
-                &cfg.source.endpoint,
-                &cfg.source.password,
-                format!("tidewater_{}", cfg.name),
-                &key,
-            )?,
+            endpoint: pg_endpoint(&cfg.source.endpoint, &cfg.source.password, format!("tidewater_{}", cfg.name), &key)?,
             tables: cfg.source.tables.clone(),
             slot: cfg.slot.clone(),
             publication: cfg.publication.clone(),
         }))),
-        SourceKind::Mysql => Err(ConnectorError::fatal(format!(
-            "{key}: mysql sources are not available in this build yet"
-        ))),
+        SourceKind::Mysql => {
+            Err(ConnectorError::fatal(format!("{key}: mysql sources are not available in this build yet")))
+        }
     }
 }
 
@@ -55,9 +48,7 @@ pub fn sink(cfg: &PipelineConfig) -> Result<Box<dyn Sink>, ConnectorError> {
             format!("tidewater_{}", cfg.name),
             &key,
         )?))),
-        (TargetKind::Postgres, None) => {
-            Err(ConnectorError::fatal(format!("{key}.url is required")))
-        }
+        (TargetKind::Postgres, None) => Err(ConnectorError::fatal(format!("{key}.url is required"))),
         (TargetKind::Mysql | TargetKind::Sqlite, _) => Err(ConnectorError::fatal(format!(
             "{key}: {:?} targets are not available in this build yet",
             cfg.target.kind

@@ -25,14 +25,11 @@ use status::{PipelineStatus, Registry};
 /// How long in-flight work gets to finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Runs every pipeline and the status server until `shutdown` turns true, or until every
-/// pipeline has ended. Returns the outcome of each pipeline, in configuration order.
+/// Runs every pipeline and the status server until `shutdown` turns true. A pipeline that
+/// fails stays `failed` on `/status` while the others go on. Returns the outcome of each
+/// pipeline, in configuration order.
 pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<Vec<Outcome>> {
-    let statuses: Vec<Arc<PipelineStatus>> = cfg
-        .pipelines
-        .iter()
-        .map(|p| PipelineStatus::new(&p.name))
-        .collect();
+    let statuses: Vec<Arc<PipelineStatus>> = cfg.pipelines.iter().map(|p| PipelineStatus::new(&p.name)).collect();
     let registry = Registry::new(statuses.clone());
     let (addr, server) = status::bind(cfg.status_listen, registry)
         .await
@@ -61,11 +58,12 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result
     }
     let mut outcomes = Vec::new();
     for task in tasks {
-        outcomes.push(
-            task.await
-                .unwrap_or_else(|e| Outcome::Failed(e.to_string())),
-        );
+        outcomes.push(task.await.unwrap_or_else(|e| Outcome::Failed(e.to_string())));
     }
+    // Failed pipelines stay visible on /status (and /readyz says not ready) until the
+    // daemon is told to stop; the exit code then reports the failure.
+    let mut shutdown = shutdown;
+    let _ = shutdown.wait_for(|stop| *stop).await;
     server.abort();
     Ok(outcomes)
 }
@@ -94,10 +92,7 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}
@@ -117,9 +112,7 @@ async fn wait_for_signal() {
 
 /// A minimal HTTP/1.1 GET for `tidewater status` (no TLS: the status server is local).
 pub async fn http_get(url: &str) -> Result<String, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or("only http:// URLs are supported")?;
+    let rest = url.strip_prefix("http://").ok_or("only http:// URLs are supported")?;
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -130,19 +123,14 @@ pub async fn http_get(url: &str) -> Result<String, String> {
         .map_err(|_| "connection timed out".to_string())?
         .map_err(|e| e.to_string())?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
+    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
     let mut response = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
         .await
         .map_err(|_| "read timed out".to_string())?
         .map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&response);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or("malformed HTTP response")?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("malformed HTTP response")?;
     let status_line = head.lines().next().unwrap_or_default();
     if !status_line.contains(" 200 ") {
         return Err(format!("HTTP {status_line}"));

@@ -4,9 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{
-    fresh_db, pg_source, pg_target, wait_for, ADMIN_PASSWORD, REPLICATOR_PASSWORD, REPLICATOR_USER,
-};
+use support::{fresh_db, pg_source, pg_target, wait_for, ADMIN_PASSWORD, REPLICATOR_PASSWORD, REPLICATOR_USER};
 
 #[tokio::test]
 async fn servers_start_and_replicator_can_use_fresh_db() {
@@ -16,9 +14,7 @@ async fn servers_start_and_replicator_can_use_fresh_db() {
 
     for server in [source, target] {
         let db = fresh_db(server, "smoke").await;
-        let client = server
-            .connect_as(&db, REPLICATOR_USER, REPLICATOR_PASSWORD)
-            .await;
+        let client = server.connect_as(&db, REPLICATOR_USER, REPLICATOR_PASSWORD).await;
 
         // The connection is TCP (SCRAM-authenticated, see pg_hba checks below).
         let row = client
@@ -35,10 +31,7 @@ async fn servers_start_and_replicator_can_use_fresh_db() {
             )
             .await
             .expect("create + insert as replicator");
-        let rows = client
-            .query("SELECT id, name FROM items ORDER BY id", &[])
-            .await
-            .expect("select");
+        let rows = client.query("SELECT id, name FROM items ORDER BY id", &[]).await.expect("select");
         let got: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
         assert_eq!(got, vec![(1, "one".to_string()), (2, "two".to_string())]);
 
@@ -50,11 +43,7 @@ async fn servers_start_and_replicator_can_use_fresh_db() {
 
         // wait_for helper.
         let n: i64 = wait_for("two rows", Duration::from_secs(5), || async {
-            let n: i64 = client
-                .query_one("SELECT count(*) FROM items", &[])
-                .await
-                .ok()?
-                .get(0);
+            let n: i64 = client.query_one("SELECT count(*) FROM items", &[]).await.ok()?.get(0);
             (n == 2).then_some(n)
         })
         .await;
@@ -62,11 +51,7 @@ async fn servers_start_and_replicator_can_use_fresh_db() {
     }
 
     let admin = source.admin("postgres").await;
-    let wal_level: String = admin
-        .query_one("SHOW wal_level", &[])
-        .await
-        .expect("SHOW wal_level")
-        .get(0);
+    let wal_level: String = admin.query_one("SHOW wal_level", &[]).await.expect("SHOW wal_level").get(0);
     assert_eq!(wal_level, "logical");
 
     // Every password is stored as a SCRAM verifier and TCP requires it.
@@ -94,32 +79,19 @@ async fn servers_start_and_replicator_can_use_fresh_db() {
     // Crash + restart of the target (only this test uses the target server in
     // this binary, so restarting it is safe here).
     let db = fresh_db(target, "restart").await;
-    let c = target
-        .connect_as(&db, REPLICATOR_USER, REPLICATOR_PASSWORD)
-        .await;
+    let c = target.connect_as(&db, REPLICATOR_USER, REPLICATOR_PASSWORD).await;
     // The servers run with synchronous_commit=off: a crash (immediate stop) can
     // lose the last ~600 ms of commits unless the session asks for durability.
-    c.batch_execute(
-        "SET synchronous_commit = on; CREATE TABLE t (v int); INSERT INTO t VALUES (42);",
-    )
-    .await
-    .expect("create t");
+    c.batch_execute("SET synchronous_commit = on; CREATE TABLE t (v int); INSERT INTO t VALUES (42);")
+        .await
+        .expect("create t");
     target.stop_immediate();
-    assert!(
-        c.simple_query("SELECT 1").await.is_err(),
-        "old connection must be dead after stop_immediate"
-    );
+    assert!(c.simple_query("SELECT 1").await.is_err(), "old connection must be dead after stop_immediate");
     target.start();
     target.stop_fast();
     target.start();
-    let c = target
-        .connect_as(&db, REPLICATOR_USER, REPLICATOR_PASSWORD)
-        .await;
-    let v: i32 = c
-        .query_one("SELECT v FROM t", &[])
-        .await
-        .expect("select after restart")
-        .get(0);
+    let c = target.connect_as(&db, REPLICATOR_USER, REPLICATOR_PASSWORD).await;
+    let v: i32 = c.query_one("SELECT v FROM t", &[]).await.expect("select after restart").get(0);
     assert_eq!(v, 42);
 }
 
@@ -128,10 +100,7 @@ async fn wrong_password_is_rejected() {
     let source = pg_source().await;
     let db = fresh_db(source, "badpw").await;
 
-    let Err(err) = source
-        .try_connect_as(&db, REPLICATOR_USER, "not-the-password")
-        .await
-    else {
+    let Err(err) = source.try_connect_as(&db, REPLICATOR_USER, "not-the-password").await else {
         panic!("connecting with a wrong password must fail");
     };
     let db_err = err.as_db_error().expect("server-side auth error");

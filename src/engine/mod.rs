@@ -14,25 +14,21 @@
 //! stays up; a transient source error restarts the run from the target's checkpoint; a
 //! fatal error puts the pipeline in `failed` and ends its task (other pipelines go on).
 
-pub mod batch;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use backon::BackoffBuilder;
 use tidewater_core::{
-    ApplyBatch, Checkpoint, ConnectorError, ErrorClass, Sink, Source, SourceItem, TableChanges,
-    TableId, TablePlan,
+    ApplyBatch, ApplyReport, Checkpoint, ConnectorError, ErrorClass, Sink, Source, SourceItem, TableChanges, TableId,
+    TablePlan,
 };
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{
-    OnError, PipelineConfig, RetryPolicy, SnapshotMode, DEFAULT_SNAPSHOT_CHUNK_ROWS,
-};
+use crate::config::{OnError, PipelineConfig, RetryPolicy, SnapshotMode, DEFAULT_SNAPSHOT_CHUNK_ROWS};
 use crate::connectors;
 use crate::status::{PipelineState, PipelineStatus};
-use batch::BatchBuilder;
+use tidewater_core::batch::BatchBuilder;
 
 /// Transactions buffered between the source reader and the engine: the backpressure
 /// bound. Memory is this many transactions (plus one batch being applied).
@@ -107,17 +103,11 @@ pub async fn run_pipeline(
             return fail(&cfg, &status, error.to_string());
         }
         // A run that made progress resets the backoff: the next failure is a new incident.
-        if status.figures().transactions_applied_total > applied_before
-            || started.elapsed() > Duration::from_secs(60)
-        {
+        if status.figures().transactions_applied_total > applied_before || started.elapsed() > Duration::from_secs(60) {
             delays = backoff(&cfg.retry);
         }
         let Some(delay) = delays.next() else {
-            return fail(
-                &cfg,
-                &status,
-                format!("giving up after retry.max_attempts: {error}"),
-            );
+            return fail(&cfg, &status, format!("giving up after retry.max_attempts: {error}"));
         };
         note_retry(&cfg, &status, &error, delay);
         tokio::select! {
@@ -138,12 +128,7 @@ fn fail(cfg: &PipelineConfig, status: &PipelineStatus, message: String) -> Outco
     Outcome::Failed(message)
 }
 
-fn note_retry(
-    cfg: &PipelineConfig,
-    status: &PipelineStatus,
-    error: &ConnectorError,
-    delay: Duration,
-) {
+fn note_retry(cfg: &PipelineConfig, status: &PipelineStatus, error: &ConnectorError, delay: Duration) {
     tracing::warn!(pipeline = %cfg.name, error = %error, retry_in_ms = delay.as_millis() as u64, "transient error, retrying");
     let mut f = status.figures();
     f.state = PipelineState::Retrying;
@@ -156,19 +141,13 @@ fn plans(
     cfg: &PipelineConfig,
     schemas: Vec<Arc<tidewater_core::TableSchema>>,
 ) -> (Vec<TablePlan>, HashMap<TableId, TableId>) {
-    let renames: HashMap<TableId, TableId> = cfg
-        .renames
-        .iter()
-        .map(|(from, to)| (TableId::parse(from, "public"), TableId::parse(to, "public")))
-        .collect();
+    let renames: HashMap<TableId, TableId> =
+        cfg.renames.iter().map(|(from, to)| (TableId::parse(from, "public"), TableId::parse(to, "public"))).collect();
     let plans = schemas
         .into_iter()
         .map(|schema| {
             let target = BatchBuilder::target_of(&renames, &schema.id);
-            TablePlan {
-                source: schema,
-                target,
-            }
+            TablePlan { source: schema, target }
         })
         .collect();
     (plans, renames)
@@ -195,24 +174,13 @@ async fn run_once(
         unfinished => match cfg.snapshot {
             SnapshotMode::Never => {
                 let position = source.begin_without_snapshot().await?;
-                let cp = Checkpoint {
-                    position,
-                    snapshot_complete: true,
-                };
+                let cp = Checkpoint { position, snapshot_complete: true };
                 sink.reset_for_snapshot(&cfg.name, &[], &cp).await?;
                 cp
             }
             SnapshotMode::Initial => {
                 status.set_state(PipelineState::Snapshotting);
-                snapshot(
-                    cfg,
-                    status,
-                    source.as_mut(),
-                    sink.as_mut(),
-                    &plans,
-                    unfinished.is_some(),
-                )
-                .await?
+                snapshot(cfg, status, source.as_mut(), sink.as_mut(), &plans, unfinished.is_some()).await?
             }
         },
     };
@@ -220,16 +188,7 @@ async fn run_once(
         let mut f = status.figures();
         f.applied_position = Some(checkpoint.position.clone());
     }
-    stream(
-        cfg,
-        status,
-        shutdown,
-        source.as_mut(),
-        sink.as_mut(),
-        &renames,
-        checkpoint,
-    )
-    .await
+    stream(cfg, status, shutdown, source.as_mut(), sink.as_mut(), &renames, checkpoint).await
 }
 
 /// Copies every table from a consistent snapshot; returns the checkpoint streaming
@@ -243,27 +202,17 @@ async fn snapshot(
     restart: bool,
 ) -> Result<Checkpoint, ConnectorError> {
     let position = source.begin_snapshot().await?;
-    let pending = Checkpoint {
-        position: position.clone(),
-        snapshot_complete: false,
-    };
-    let to_empty: Vec<TableId> = if restart {
-        plans.iter().map(|p| p.target.clone()).collect()
-    } else {
-        Vec::new()
-    };
+    let pending = Checkpoint { position: position.clone(), snapshot_complete: false };
+    let to_empty: Vec<TableId> = if restart { plans.iter().map(|p| p.target.clone()).collect() } else { Vec::new() };
     if restart {
         tracing::info!(pipeline = %cfg.name, "restarting an unfinished snapshot from scratch");
     }
-    sink.reset_for_snapshot(&cfg.name, &to_empty, &pending)
-        .await?;
+    sink.reset_for_snapshot(&cfg.name, &to_empty, &pending).await?;
     tracing::info!(pipeline = %cfg.name, position = %position, tables = plans.len(), "snapshot started");
     for plan in plans {
         let (tx, mut rx) = mpsc::channel(SNAPSHOT_CHANNEL_CAPACITY);
         let read = async {
-            let result = source
-                .snapshot_table(&plan.source, DEFAULT_SNAPSHOT_CHUNK_ROWS, &tx)
-                .await;
+            let result = source.snapshot_table(&plan.source, DEFAULT_SNAPSHOT_CHUNK_ROWS, &tx).await;
             drop(tx);
             result
         };
@@ -271,38 +220,21 @@ async fn snapshot(
             let mut rows_total = 0u64;
             while let Some(chunk) = rx.recv().await {
                 let rows = chunk.rows.len() as u64;
-                let batch = ApplyBatch {
-                    pipeline: cfg.name.clone(),
-                    tables: vec![TableChanges {
-                        schema: chunk.table,
-                        target: plan.target.clone(),
-                        truncate: false,
-                        deletes: Vec::new(),
-                        upserts: chunk.rows,
-                    }],
-                    dead_letters: Vec::new(),
-                    checkpoint: pending.clone(),
-                };
-                sink.apply(&batch).await?;
+                let mut batch = ApplyBatch::checkpoint_only(&cfg.name, pending.clone());
+                batch.tables.push(TableChanges::upserts(chunk.table, plan.target.clone(), chunk.rows));
+                let report = apply_once(cfg, sink, &batch).await?;
                 rows_total += rows;
-                status.figures().events_applied_total += rows;
+                let mut f = status.figures();
+                f.events_applied_total += rows;
+                f.dead_letters_total += report.dead_letters;
             }
             Ok::<u64, ConnectorError>(rows_total)
         };
         let (_, rows) = tokio::try_join!(read, write)?;
         tracing::info!(pipeline = %cfg.name, table = %plan.source.id, rows, "table copied");
     }
-    let done = Checkpoint {
-        position,
-        snapshot_complete: true,
-    };
-    sink.apply(&ApplyBatch {
-        pipeline: cfg.name.clone(),
-        tables: Vec::new(),
-        dead_letters: Vec::new(),
-        checkpoint: done.clone(),
-    })
-    .await?;
+    let done = Checkpoint { position, snapshot_complete: true };
+    sink.apply(&ApplyBatch::checkpoint_only(&cfg.name, done.clone())).await?;
     tracing::info!(pipeline = %cfg.name, "snapshot complete");
     Ok(done)
 }
@@ -327,11 +259,7 @@ async fn stream(
 ) -> Result<(), ConnectorError> {
     let (items_tx, mut items) = mpsc::channel(SOURCE_CHANNEL_CAPACITY);
     let (acks, acks_rx) = watch::channel(None);
-    let mut handle = StreamGuard(
-        source
-            .start_stream(&checkpoint, items_tx, acks_rx, status.progress.clone())
-            .await?,
-    );
+    let mut handle = StreamGuard(source.start_stream(&checkpoint, items_tx, acks_rx, status.progress.clone()).await?);
     status.set_state(PipelineState::Streaming);
     let max_delay = Duration::from_millis(cfg.max_batch_delay_ms);
     loop {
@@ -347,9 +275,7 @@ async fn stream(
             return match (&mut handle.0.task).await {
                 Ok(Err(e)) => Err(e),
                 Ok(Ok(())) => Err(ConnectorError::transient("the source stream ended")),
-                Err(join) => Err(ConnectorError::fatal(format!(
-                    "the source stream task crashed: {join}"
-                ))),
+                Err(join) => Err(ConnectorError::fatal(format!("the source stream task crashed: {join}"))),
             };
         };
         let mut batch = BatchBuilder::new(renames);
@@ -374,9 +300,9 @@ async fn stream(
         }
         let (events, transactions) = (batch.events as u64, batch.transactions as u64);
         let apply = batch.finish(&cfg.name, Vec::new(), true);
-        if !apply_with_retry(cfg, status, shutdown, sink, &apply).await? {
+        let Some(report) = apply_with_retry(cfg, status, shutdown, sink, &apply).await? else {
             return Ok(()); // shutdown while retrying: nothing partial was committed
-        }
+        };
         let position = apply.checkpoint.position.clone();
         let _ = acks.send(Some(position.clone()));
         let mut f = status.figures();
@@ -386,6 +312,7 @@ async fn stream(
         }
         f.events_applied_total += events;
         f.transactions_applied_total += transactions;
+        f.dead_letters_total += report.dead_letters;
         f.oldest_unapplied_commit = None;
         if f.state == PipelineState::Retrying {
             f.state = PipelineState::Streaming;
@@ -393,7 +320,34 @@ async fn stream(
     }
 }
 
-/// Applies one batch, retrying transient failures with backoff. Returns false when shut
+/// Applies one batch; a batch the target rejects rows of is re-applied with those rows
+/// dead-lettered (or fails the pipeline with `on_error = "stop"`).
+async fn apply_once(
+    cfg: &PipelineConfig,
+    sink: &mut dyn Sink,
+    batch: &ApplyBatch,
+) -> Result<ApplyReport, ConnectorError> {
+    match sink.apply(batch).await {
+        Err(e) if e.class == ErrorClass::Event => match cfg.on_error {
+            OnError::Stop => Err(ConnectorError::fatal(format!(
+                "the target rejected a change and on_error = \"stop\": {e}; fix the cause and restart, or set on_error = \"dead_letter\""
+            ))),
+            OnError::DeadLetter => {
+                tracing::warn!(pipeline = %cfg.name, error = %e, position = %batch.checkpoint.position, "target rejected rows; isolating them into the dead-letter table");
+                let report = sink.apply_isolating(batch).await?;
+                if report.dead_letters == 0 {
+                    // The rejection did not reproduce row by row: treat it as transient.
+                    return Err(ConnectorError::transient(format!("batch rejected but no row was: {e}")));
+                }
+                tracing::warn!(pipeline = %cfg.name, dead_letters = report.dead_letters, "rows written to tidewater_dead_letters");
+                Ok(report)
+            }
+        },
+        other => other,
+    }
+}
+
+/// Applies one batch, retrying transient failures with backoff. Returns None when shut
 /// down before it could be applied.
 async fn apply_with_retry(
     cfg: &PipelineConfig,
@@ -401,31 +355,21 @@ async fn apply_with_retry(
     shutdown: &mut watch::Receiver<bool>,
     sink: &mut dyn Sink,
     batch: &ApplyBatch,
-) -> Result<bool, ConnectorError> {
+) -> Result<Option<ApplyReport>, ConnectorError> {
     let mut delays = backoff(&cfg.retry);
     loop {
-        let error = match sink.apply(batch).await {
-            Ok(_) => return Ok(true),
-            Err(e) => e,
+        let error = match apply_once(cfg, sink, batch).await {
+            Ok(report) => return Ok(Some(report)),
+            Err(e) if e.class == ErrorClass::Transient => e,
+            Err(e) => return Err(e),
         };
-        match error.class {
-            ErrorClass::Transient => {}
-            ErrorClass::Event if cfg.on_error == OnError::Stop => {
-                return Err(ConnectorError::fatal(format!(
-                    "the target rejected a change and on_error = \"stop\": {error}"
-                )))
-            }
-            _ => return Err(error),
-        }
         let Some(delay) = delays.next() else {
-            return Err(ConnectorError::fatal(format!(
-                "giving up after retry.max_attempts: {error}"
-            )));
+            return Err(ConnectorError::fatal(format!("giving up after retry.max_attempts: {error}")));
         };
         note_retry(cfg, status, &error, delay);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.changed() => return Ok(false),
+            _ = shutdown.changed() => return Ok(None),
         }
     }
 }

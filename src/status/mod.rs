@@ -84,9 +84,7 @@ impl PipelineStatus {
     /// The figures, for reading or updating. A poisoned lock (a panic elsewhere while
     /// holding it) still holds consistent-enough numbers to report.
     pub fn figures(&self) -> MutexGuard<'_, Figures> {
-        self.figures
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.figures.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn set_state(&self, state: PipelineState) {
@@ -104,12 +102,7 @@ impl PipelineStatus {
             .oldest_unapplied_commit
             .and_then(|t| now.duration_since(t).ok())
             .map_or(0.0, |d| (d.as_secs_f64() * 1000.0).round() / 1000.0);
-        let head = self
-            .progress
-            .head_position
-            .lock()
-            .ok()
-            .and_then(|h| h.clone());
+        let head = self.progress.head_position.lock().ok().and_then(|h| h.clone());
         PipelineJson {
             name: self.name.clone(),
             state: f.state,
@@ -161,10 +154,7 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(pipelines: Vec<Arc<PipelineStatus>>) -> Arc<Self> {
-        Arc::new(Registry {
-            started: Instant::now(),
-            pipelines,
-        })
+        Arc::new(Registry { started: Instant::now(), pipelines })
     }
 
     pub fn json(&self) -> StatusJson {
@@ -178,10 +168,7 @@ impl Registry {
     /// Ready when every pipeline is past starting and none has failed.
     pub fn ready(&self) -> bool {
         self.pipelines.iter().all(|p| {
-            matches!(
-                p.state(),
-                PipelineState::Snapshotting | PipelineState::Streaming | PipelineState::Retrying
-            )
+            matches!(p.state(), PipelineState::Snapshotting | PipelineState::Streaming | PipelineState::Retrying)
         })
     }
 }
@@ -208,10 +195,7 @@ async fn readyz(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        render_metrics(&registry.json()),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render_metrics(&registry.json()))
 }
 
 /// Prometheus text exposition of the status figures.
@@ -219,63 +203,29 @@ pub fn render_metrics(status: &StatusJson) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, value: &dyn Fn(&PipelineJson) -> f64| {
-        let _ = writeln!(
-            out,
-            "# HELP tidewater_{name} {help}\n# TYPE tidewater_{name} {kind}"
-        );
+        let _ = writeln!(out, "# HELP tidewater_{name} {help}\n# TYPE tidewater_{name} {kind}");
         for p in &status.pipelines {
-            let _ = writeln!(
-                out,
-                "tidewater_{name}{{pipeline=\"{}\"}} {}",
-                p.name,
-                value(p)
-            );
+            let _ = writeln!(out, "tidewater_{name}{{pipeline=\"{}\"}} {}", p.name, value(p));
         }
     };
-    family(
-        "events_applied_total",
-        "counter",
-        "Change events applied to the target.",
-        &|p| p.events_applied_total as f64,
+    family("events_applied_total", "counter", "Change events applied to the target.", &|p| {
+        p.events_applied_total as f64
+    });
+    family("transactions_applied_total", "counter", "Source transactions applied to the target.", &|p| {
+        p.transactions_applied_total as f64
+    });
+    family("lag_seconds", "gauge", "Age of the oldest committed source change not yet applied.", &|p| p.lag_seconds);
+    family("lag_bytes", "gauge", "Source WAL/binlog bytes written but not yet applied.", &|p| p.lag_bytes as f64);
+    family("dead_letters_total", "counter", "Events written to the dead-letter table.", &|p| {
+        p.dead_letters_total as f64
+    });
+    family("retries_total", "counter", "Retries after transient errors.", &|p| p.retries_total as f64);
+    let _ = writeln!(
+        out,
+        "# HELP tidewater_pipeline_state Current state (1 for the current one).\n# TYPE tidewater_pipeline_state gauge"
     );
-    family(
-        "transactions_applied_total",
-        "counter",
-        "Source transactions applied to the target.",
-        &|p| p.transactions_applied_total as f64,
-    );
-    family(
-        "lag_seconds",
-        "gauge",
-        "Age of the oldest committed source change not yet applied.",
-        &|p| p.lag_seconds,
-    );
-    family(
-        "lag_bytes",
-        "gauge",
-        "Source WAL/binlog bytes written but not yet applied.",
-        &|p| p.lag_bytes as f64,
-    );
-    family(
-        "dead_letters_total",
-        "counter",
-        "Events written to the dead-letter table.",
-        &|p| p.dead_letters_total as f64,
-    );
-    family(
-        "retries_total",
-        "counter",
-        "Retries after transient errors.",
-        &|p| p.retries_total as f64,
-    );
-    let _ = writeln!(out, "# HELP tidewater_pipeline_state Current state (1 for the current one).\n# TYPE tidewater_pipeline_state gauge");
     for p in &status.pipelines {
-        let _ = writeln!(
-            out,
-            "tidewater_pipeline_state{{pipeline=\"{}\",state=\"{}\"}} 1",
-            p.name,
-            p.state.as_str()
-        );
+        let _ = writeln!(out, "tidewater_pipeline_state{{pipeline=\"{}\",state=\"{}\"}} 1", p.name, p.state.as_str());
     }
     out
 }
@@ -284,10 +234,7 @@ pub fn render_metrics(status: &StatusJson) -> String {
 pub async fn bind(
     listen: SocketAddr,
     registry: Arc<Registry>,
-) -> std::io::Result<(
-    SocketAddr,
-    impl std::future::Future<Output = std::io::Result<()>>,
-)> {
+) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = std::io::Result<()>>)> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let local = listener.local_addr()?;
     let serve = async move { axum::serve(listener, router(registry)).await };

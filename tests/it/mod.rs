@@ -1,1 +1,2 @@
+mod pg_faults;
 mod pg_sync;

@@ -18,11 +18,7 @@ async fn snapshot_then_stream_delivers_old_and_new_rows_once() {
     let daemon = p.start();
     p.wait_state("streaming", CONVERGE).await;
     let src = p.source_client().await;
-    src.batch_execute(
-        "INSERT INTO orders SELECT g, 'new ' || g, 1 FROM generate_series(5001, 5100) g",
-    )
-    .await
-    .unwrap();
+    src.batch_execute("INSERT INTO orders SELECT g, 'new ' || g, 1 FROM generate_series(5001, 5100) g").await.unwrap();
     let rows = p.wait_converged("orders", "orders", CONVERGE).await;
     assert_eq!(rows.len(), 5100);
     let status = p.status().await.unwrap();

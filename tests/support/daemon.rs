@@ -9,9 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::pg::{
-    free_port, fresh_db, pg_source, pg_target, PgServer, REPLICATOR_PASSWORD, REPLICATOR_USER,
-};
+use super::pg::{free_port, fresh_db, pg_source, pg_target, PgServer, REPLICATOR_PASSWORD, REPLICATOR_USER};
 use super::wait_for;
 
 pub struct TestPipeline {
@@ -65,23 +63,14 @@ impl TestPipeline {
             tables: tables.iter().map(|s| s.to_string()).collect(),
         };
         if !setup_sql.is_empty() {
-            p.source_client()
-                .await
-                .batch_execute(setup_sql)
-                .await
-                .expect("source setup SQL");
+            p.source_client().await.batch_execute(setup_sql).await.expect("source setup SQL");
         }
         p
     }
 
     pub fn config_text(&self) -> String {
         let pw = self.dir.path().join("pw");
-        let tables = self
-            .tables
-            .iter()
-            .map(|t| format!("{t:?}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let tables = self.tables.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>().join(", ");
         format!(
             r#"
 [status]
@@ -128,15 +117,11 @@ max_batch_delay_ms = 20
     }
 
     pub async fn source_client(&self) -> tokio_postgres::Client {
-        self.source
-            .connect_as(&self.source_db, REPLICATOR_USER, REPLICATOR_PASSWORD)
-            .await
+        self.source.connect_as(&self.source_db, REPLICATOR_USER, REPLICATOR_PASSWORD).await
     }
 
     pub async fn target_client(&self) -> tokio_postgres::Client {
-        self.target
-            .connect_as(&self.target_db, REPLICATOR_USER, REPLICATOR_PASSWORD)
-            .await
+        self.target.connect_as(&self.target_db, REPLICATOR_USER, REPLICATOR_PASSWORD).await
     }
 
     pub fn start(&self) -> InProcess {
@@ -167,9 +152,7 @@ max_batch_delay_ms = 20
     }
 
     pub async fn status(&self) -> Option<serde_json::Value> {
-        let body = tidewater::http_get(&format!("http://127.0.0.1:{}/status", self.status_port))
-            .await
-            .ok()?;
+        let body = tidewater::http_get(&format!("http://127.0.0.1:{}/status", self.status_port)).await.ok()?;
         let json: serde_json::Value = serde_json::from_str(&body).ok()?;
         Some(json["pipelines"][0].clone())
     }
@@ -192,12 +175,7 @@ max_batch_delay_ms = 20
 
     /// Waits until the target's `target_table` holds exactly the source's `source_table`
     /// rows; returns them.
-    pub async fn wait_converged(
-        &self,
-        source_table: &str,
-        target_table: &str,
-        timeout: Duration,
-    ) -> Vec<String> {
+    pub async fn wait_converged(&self, source_table: &str, target_table: &str, timeout: Duration) -> Vec<String> {
         let src = self.source_client().await;
         let dst = self.target_client().await;
         let deadline = tokio::time::Instant::now() + timeout;

@@ -12,8 +12,8 @@ pub use daemon::TestPipeline;
 // Not every test binary uses every helper.
 #[allow(unused_imports)]
 pub use pg::{
-    free_port, fresh_db, pg_source, pg_target, PgServer, ADMIN_PASSWORD, ADMIN_USER,
-    REPLICATOR_PASSWORD, REPLICATOR_USER,
+    free_port, fresh_db, pg_source, pg_target, PgServer, ADMIN_PASSWORD, ADMIN_USER, REPLICATOR_PASSWORD,
+    REPLICATOR_USER,
 };
 
 use std::future::Future;

@@ -83,10 +83,7 @@ pub async fn pg_target() -> &'static PgServer {
     shared_server(&TARGET, "target").await
 }
 
-async fn shared_server(
-    cell: &'static OnceCell<Result<PgServer, String>>,
-    name: &'static str,
-) -> &'static PgServer {
+async fn shared_server(cell: &'static OnceCell<Result<PgServer, String>>, name: &'static str) -> &'static PgServer {
     let res = cell
         .get_or_init(|| async move {
             // Setup is blocking (initdb, pg_ctl); keep it off the async workers.
@@ -110,16 +107,8 @@ static DB_COUNTER: AtomicU64 = AtomicU64::new(0);
 pub async fn fresh_db(server: &PgServer, prefix: &str) -> String {
     let n = DB_COUNTER.fetch_add(1, Ordering::Relaxed);
     let pid = std::process::id();
-    let mut clean: String = prefix
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let mut clean: String =
+        prefix.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
     let suffix = format!("_{n}_{pid}");
     // Identifiers are limited to 63 bytes.
     clean.truncate(63 - 2 - suffix.len());
@@ -127,9 +116,7 @@ pub async fn fresh_db(server: &PgServer, prefix: &str) -> String {
 
     let admin = server.admin("postgres").await;
     admin
-        .batch_execute(&format!(
-            "CREATE DATABASE \"{name}\" OWNER \"{REPLICATOR_USER}\""
-        ))
+        .batch_execute(&format!("CREATE DATABASE \"{name}\" OWNER \"{REPLICATOR_USER}\""))
         .await
         .unwrap_or_else(|e| panic!("CREATE DATABASE {name} failed: {}", err_text(&e)));
     drop(admin);
@@ -148,10 +135,7 @@ pub async fn fresh_db(server: &PgServer, prefix: &str) -> String {
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
         .unwrap_or_else(|e| panic!("cannot bind 127.0.0.1:0 to find a free port: {e}"));
-    listener
-        .local_addr()
-        .unwrap_or_else(|e| panic!("local_addr of probe listener: {e}"))
-        .port()
+    listener.local_addr().unwrap_or_else(|e| panic!("local_addr of probe listener: {e}")).port()
 }
 
 /// Full error text including the server's message (tokio_postgres'
@@ -195,10 +179,7 @@ impl PgServer {
         user: &str,
         password: &str,
     ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let (client, conn) = self
-            .config(db, user, password)
-            .connect(tokio_postgres::NoTls)
-            .await?;
+        let (client, conn) = self.config(db, user, password).connect(tokio_postgres::NoTls).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 eprintln!("[test harness] postgres connection ended with error: {e}");
@@ -278,11 +259,7 @@ impl PgServer {
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
-            Err(format!(
-                "psql failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
+            Err(format!("psql failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
         }
     }
 
@@ -340,9 +317,8 @@ impl PgServer {
 
     /// Creates, configures and starts a new server (blocking).
     fn create(name: &str) -> Result<PgServer, String> {
-        let bin_dir = std::env::var_os("TIDEWATER_PG_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_PG_BIN));
+        let bin_dir =
+            std::env::var_os("TIDEWATER_PG_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_PG_BIN));
         if !bin_dir.join("initdb").exists() {
             return Err(format!(
                 "{} not found: install postgresql-15 or set TIDEWATER_PG_BIN",
@@ -384,10 +360,7 @@ impl PgServer {
         for (k, v) in SERVER_SETTINGS {
             conf.push_str(&format!("{k} = {v}\n"));
         }
-        conf.push_str(&format!(
-            "unix_socket_directories = '{}'\n",
-            socket_dir.display()
-        ));
+        conf.push_str(&format!("unix_socket_directories = '{}'\n", socket_dir.display()));
         append(&data_dir.join("postgresql.conf"), &conf)?;
         chown_for_pg(&root)?;
 
@@ -395,16 +368,9 @@ impl PgServer {
         let mut last_err = String::new();
         for _ in 0..5 {
             let port = free_port();
-            append(
-                &data_dir.join("postgresql.conf"),
-                &format!("port = {port}\n"),
-            )?;
-            let server = PgServer {
-                port,
-                data_dir: data_dir.clone(),
-                socket_dir: socket_dir.clone(),
-                bin_dir: bin_dir.clone(),
-            };
+            append(&data_dir.join("postgresql.conf"), &format!("port = {port}\n"))?;
+            let server =
+                PgServer { port, data_dir: data_dir.clone(), socket_dir: socket_dir.clone(), bin_dir: bin_dir.clone() };
             match server.pg_ctl_start() {
                 Ok(()) => {
                     server.bootstrap_roles()?;
@@ -436,12 +402,8 @@ impl PgServer {
 }
 
 fn append(path: &Path, text: &str) -> Result<(), String> {
-    let mut f = fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .map_err(|e| format!("open {}: {e}", path.display()))?;
-    f.write_all(text.as_bytes())
-        .map_err(|e| format!("write {}: {e}", path.display()))
+    let mut f = fs::OpenOptions::new().append(true).open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    f.write_all(text.as_bytes()).map_err(|e| format!("write {}: {e}", path.display()))
 }
 
 /// True when the effective uid is 0.
@@ -456,11 +418,7 @@ fn running_as_root() -> bool {
                 }
             }
         }
-        Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-            .unwrap_or(false)
+        Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
     })
 }
 
@@ -475,11 +433,7 @@ fn pg_tool(bin_dir: &Path, tool: &str, cwd: &Path) -> Command {
     } else {
         Command::new(exe)
     };
-    cmd.current_dir(cwd)
-        .env_remove("PGDATA")
-        .env_remove("PGPORT")
-        .env_remove("PGHOST")
-        .stdin(Stdio::null());
+    cmd.current_dir(cwd).env_remove("PGDATA").env_remove("PGPORT").env_remove("PGHOST").stdin(Stdio::null());
     cmd
 }
 
@@ -505,10 +459,7 @@ fn chown_for_pg(dir: &Path) -> Result<(), String> {
 /// OS user. Falls back to /tmp when $TMPDIR is long (unix socket paths are
 /// limited to ~107 bytes) or not reachable by the `postgres` user.
 fn make_root_dir(name: &str) -> Result<PathBuf, String> {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let leaf = format!("tidewater-pg-{name}-{}-{nanos:09}", std::process::id());
     let mut bases = vec![std::env::temp_dir()];
     if bases[0] != Path::new("/tmp") {
@@ -517,10 +468,7 @@ fn make_root_dir(name: &str) -> Result<PathBuf, String> {
     let mut errors = Vec::new();
     for base in bases {
         if base.as_os_str().len() > 50 {
-            errors.push(format!(
-                "{}: path too long for unix sockets",
-                base.display()
-            ));
+            errors.push(format!("{}: path too long for unix sockets", base.display()));
             continue;
         }
         let root = base.join(&leaf);

@@ -34,11 +34,7 @@ impl fmt::Display for ConnectorError {
 
 impl ConnectorError {
     pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
-        ConnectorError {
-            class,
-            message: message.into(),
-            code: None,
-        }
+        ConnectorError { class, message: message.into(), code: None }
     }
     pub fn transient(message: impl Into<String>) -> Self {
         Self::new(ErrorClass::Transient, message)

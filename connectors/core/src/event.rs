@@ -54,12 +54,7 @@ impl ChangeEvent {
         let row_json = |row: &Option<Vec<Value>>| match row {
             None => serde_json::Value::Null,
             Some(values) => serde_json::Value::Object(
-                self.table
-                    .columns
-                    .iter()
-                    .zip(values)
-                    .map(|(c, v)| (c.name.clone(), v.to_json()))
-                    .collect(),
+                self.table.columns.iter().zip(values).map(|(c, v)| (c.name.clone(), v.to_json())).collect(),
             ),
         };
         serde_json::json!({

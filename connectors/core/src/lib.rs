@@ -5,6 +5,7 @@
 //! I/O: it holds the vocabulary (values, schemas, events, positions, error classes) and the
 //! delivery contracts.
 
+pub mod batch;
 pub mod error;
 pub mod event;
 pub mod schema;
@@ -15,7 +16,7 @@ pub use error::{ConnectorError, ErrorClass};
 pub use event::{ChangeEvent, Checkpoint, Op, Transaction};
 pub use schema::{Column, ColumnType, Engine, TableId, TableSchema};
 pub use traits::{
-    ApplyBatch, ApplyReport, DeadLetter, Sink, SnapshotChunk, Source, SourceItem, SourceProgress,
+    ApplyBatch, ApplyReport, DeadLetter, RowOrigin, Sink, SnapshotChunk, Source, SourceItem, SourceProgress,
     StreamHandle, TableChanges, TablePlan,
 };
 pub use value::Value;

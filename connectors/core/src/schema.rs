@@ -19,10 +19,7 @@ pub struct TableId {
 
 impl TableId {
     pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
-        TableId {
-            schema: schema.into(),
-            name: name.into(),
-        }
+        TableId { schema: schema.into(), name: name.into() }
     }
 
     /// Parses `schema.table`; a name without a dot gets `default_schema`.
@@ -102,9 +99,6 @@ impl TableSchema {
     }
 
     pub fn key_names(&self) -> Vec<&str> {
-        self.key
-            .iter()
-            .map(|&i| self.columns[i].name.as_str())
-            .collect()
+        self.key.iter().map(|&i| self.columns[i].name.as_str()).collect()
     }
 }

@@ -99,8 +99,19 @@ pub struct TablePlan {
     pub target: TableId,
 }
 
+/// Where a coalesced row came from: the batch transaction (index into
+/// [`ApplyBatch::positions`]) and operation of the last event that set it. Used to write
+/// dead letters without keeping the original events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowOrigin {
+    pub tx: u32,
+    pub op: crate::event::Op,
+}
+
 /// The coalesced changes to one target table, applied in this order: truncate (if set),
-/// deletes, upserts. Every row is full-width in `schema`'s column order.
+/// deletes, upserts. Every row is full-width in `schema`'s column order. Keys are
+/// distinct within `deletes` and within `upserts`, so rows may be applied in any order
+/// and any grouping.
 #[derive(Debug, Clone)]
 pub struct TableChanges {
     pub schema: Arc<TableSchema>,
@@ -111,6 +122,55 @@ pub struct TableChanges {
     /// Rows to insert or update by key. A row may hold [`Value::Unchanged`]: such a row
     /// only updates its other columns of an existing target row.
     pub upserts: Vec<Vec<Value>>,
+    /// Origins of `deletes` / `upserts`, same order; may be empty (snapshot rows).
+    pub delete_origins: Vec<RowOrigin>,
+    pub upsert_origins: Vec<RowOrigin>,
+}
+
+impl TableChanges {
+    /// Changes that only upsert `rows` (snapshot chunks).
+    pub fn upserts(schema: Arc<TableSchema>, target: TableId, rows: Vec<Vec<Value>>) -> Self {
+        TableChanges {
+            schema,
+            target,
+            truncate: false,
+            deletes: Vec::new(),
+            upserts: rows,
+            delete_origins: Vec::new(),
+            upsert_origins: Vec::new(),
+        }
+    }
+
+    /// The dead letter for one of this segment's rows, rejected with `error`.
+    pub fn dead_letter(
+        &self,
+        batch: &ApplyBatch,
+        row: &[Value],
+        origin: Option<RowOrigin>,
+        error: String,
+    ) -> DeadLetter {
+        let payload = serde_json::Value::Object(
+            self.schema
+                .columns
+                .iter()
+                .zip(row)
+                .filter(|(_, v)| !matches!(v, Value::Unchanged))
+                .map(|(c, v)| (c.name.clone(), v.to_json()))
+                .collect(),
+        );
+        let (position, op) = match origin {
+            Some(o) => (batch.positions.get(o.tx as usize).cloned().unwrap_or_default(), o.op.as_str()),
+            None => ("snapshot".to_string(), "insert"),
+        };
+        DeadLetter {
+            source_position: position,
+            source_table: self.schema.id.to_string(),
+            target_table: self.target.to_string(),
+            op: op.to_string(),
+            payload,
+            error,
+        }
+    }
 }
 
 /// An event the target rejected, recorded in the dead-letter table.
@@ -133,12 +193,29 @@ pub struct ApplyBatch {
     /// truncate or a schema change); segments of one table are applied in order.
     pub tables: Vec<TableChanges>,
     pub dead_letters: Vec<DeadLetter>,
+    /// Commit positions of the batch's source transactions, indexed by [`RowOrigin::tx`].
+    pub positions: Vec<String>,
     pub checkpoint: Checkpoint,
+}
+
+impl ApplyBatch {
+    /// A batch that only moves the checkpoint.
+    pub fn checkpoint_only(pipeline: &str, checkpoint: Checkpoint) -> Self {
+        ApplyBatch {
+            pipeline: pipeline.to_string(),
+            tables: Vec::new(),
+            dead_letters: Vec::new(),
+            positions: Vec::new(),
+            checkpoint,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApplyReport {
     pub rows_written: u64,
+    /// Rows rejected by the target and recorded as dead letters.
+    pub dead_letters: u64,
 }
 
 /// A target database.
@@ -156,10 +233,7 @@ pub trait Sink: Send {
     async fn prepare(&mut self) -> Result<(), ConnectorError>;
 
     /// The last committed checkpoint of `pipeline`, if any.
-    async fn load_checkpoint(
-        &mut self,
-        pipeline: &str,
-    ) -> Result<Option<Checkpoint>, ConnectorError>;
+    async fn load_checkpoint(&mut self, pipeline: &str) -> Result<Option<Checkpoint>, ConnectorError>;
 
     /// Creates missing target tables and adds missing columns; fails (fatal) when an
     /// existing target table cannot absorb the source schema.
@@ -176,4 +250,9 @@ pub trait Sink: Send {
 
     /// Applies one batch atomically; see the trait contract.
     async fn apply(&mut self, batch: &ApplyBatch) -> Result<ApplyReport, ConnectorError>;
+
+    /// Like [`Sink::apply`], for a batch that failed with an `Event` error: applies every
+    /// row it can and records each row the target rejects (for a reason tied to that
+    /// row) as a dead letter, all in one target transaction with the checkpoint.
+    async fn apply_isolating(&mut self, batch: &ApplyBatch) -> Result<ApplyReport, ConnectorError>;
 }

@@ -88,8 +88,7 @@ impl Value {
             Value::Bool(b) => J::Bool(*b),
             Value::Int(i) => J::from(*i),
             Value::UInt(u) => J::from(*u),
-            Value::Float(f) => serde_json::Number::from_f64(*f)
-                .map_or_else(|| J::String(format_float(*f)), J::Number),
+            Value::Float(f) => serde_json::Number::from_f64(*f).map_or_else(|| J::String(format_float(*f)), J::Number),
             Value::Json(s) => serde_json::from_str(s).unwrap_or_else(|_| J::String(s.clone())),
             other => other.to_pg_text().map_or(J::Null, J::String),
         }
@@ -168,10 +167,7 @@ mod tests {
 
     #[test]
     fn bytes_render_as_hex_bytea() {
-        assert_eq!(
-            Value::Bytes(vec![0, 255, 16]).to_pg_text().as_deref(),
-            Some("\\x00ff10")
-        );
+        assert_eq!(Value::Bytes(vec![0, 255, 16]).to_pg_text().as_deref(), Some("\\x00ff10"));
     }
 
     #[test]
@@ -188,9 +184,6 @@ mod tests {
             enc(&[Value::Text("ab".into()), Value::Text("c".into())]),
             enc(&[Value::Text("a".into()), Value::Text("bc".into())])
         );
-        assert_eq!(
-            enc(&[Value::Float(f64::NAN)]),
-            enc(&[Value::Float(f64::NAN)])
-        );
+        assert_eq!(enc(&[Value::Float(f64::NAN)]), enc(&[Value::Float(f64::NAN)]));
     }
 }

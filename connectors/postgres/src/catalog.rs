@@ -64,10 +64,7 @@ pub async fn resolve_tables(
 }
 
 /// The table's columns in attribute order.
-pub async fn load_columns(
-    client: &Client,
-    relid: u32,
-) -> Result<Vec<CatalogColumn>, ConnectorError> {
+pub async fn load_columns(client: &Client, relid: u32) -> Result<Vec<CatalogColumn>, ConnectorError> {
     let rows = client
         .query(
             "SELECT a.attname::text, \
@@ -96,20 +93,11 @@ pub async fn load_columns(
             let typcategory: String = row.get(5);
             let kind = column_type(type_oid, typmod, &typtype, &typcategory);
             let native_type = if kind == ColumnType::Enum {
-                format!(
-                    "{}.{}",
-                    quote_ident(&row.get::<_, String>(7)),
-                    quote_ident(&row.get::<_, String>(8))
-                )
+                format!("{}.{}", quote_ident(&row.get::<_, String>(7)), quote_ident(&row.get::<_, String>(8)))
             } else {
                 row.get(3)
             };
-            CatalogColumn {
-                name: row.get(0),
-                kind,
-                native_type,
-                nullable: row.get(6),
-            }
+            CatalogColumn { name: row.get(0), kind, native_type, nullable: row.get(6) }
         })
         .collect())
 }
@@ -128,19 +116,12 @@ pub async fn load_key(client: &Client, relid: u32) -> Result<Vec<String>, Connec
         .await
         .map_err(|e| pg_error("reading source table key", e))?;
     let first_index = rows.first().map(|r| r.get::<_, i64>(0));
-    Ok(rows
-        .iter()
-        .filter(|r| Some(r.get::<_, i64>(0)) == first_index)
-        .map(|r| r.get(1))
-        .collect())
+    Ok(rows.iter().filter(|r| Some(r.get::<_, i64>(0)) == first_index).map(|r| r.get(1)).collect())
 }
 
 /// Enum labels of `enum_native` types used by the columns, so a Postgres target can
 /// create the same types.
-async fn load_enums(
-    client: &Client,
-    relid: u32,
-) -> Result<Vec<(String, Vec<String>)>, ConnectorError> {
+async fn load_enums(client: &Client, relid: u32) -> Result<Vec<(String, Vec<String>)>, ConnectorError> {
     let rows = client
         .query(
             "SELECT tn.nspname::text, t.typname::text, array_agg(e.enumlabel::text ORDER BY e.enumsortorder) \
@@ -155,11 +136,7 @@ async fn load_enums(
     Ok(rows
         .iter()
         .map(|r| {
-            let name = format!(
-                "{}.{}",
-                quote_ident(&r.get::<_, String>(0)),
-                quote_ident(&r.get::<_, String>(1))
-            );
+            let name = format!("{}.{}", quote_ident(&r.get::<_, String>(0)), quote_ident(&r.get::<_, String>(1)));
             (name, r.get(2))
         })
         .collect())
@@ -200,16 +177,11 @@ pub async fn table_schema(
         let index = columns
             .iter()
             .position(|c| &c.name == name)
-            .ok_or_else(|| {
-                ConnectorError::fatal(format!("key column {name} of table {id} is not replicated"))
-            })?;
+            .ok_or_else(|| ConnectorError::fatal(format!("key column {name} of table {id} is not replicated")))?;
         key.push(index);
     }
     let replident: Option<String> = client
-        .query_opt(
-            "SELECT relreplident::text FROM pg_class WHERE oid = $1",
-            &[&relid],
-        )
+        .query_opt("SELECT relreplident::text FROM pg_class WHERE oid = $1", &[&relid])
         .await
         .map_err(|e| pg_error("reading replica identity", e))?
         .map(|r| r.get(0));
@@ -220,20 +192,9 @@ pub async fn table_schema(
         )));
     }
     let enum_labels = load_enums(client, relid).await?;
-    Ok(Arc::new(TableSchema {
-        id: id.clone(),
-        engine: Engine::Postgres,
-        columns,
-        key,
-        enum_labels,
-    }))
+    Ok(Arc::new(TableSchema { id: id.clone(), engine: Engine::Postgres, columns, key, enum_labels }))
 }
 
 fn to_column(c: &CatalogColumn) -> Column {
-    Column {
-        name: c.name.clone(),
-        kind: c.kind.clone(),
-        native_type: c.native_type.clone(),
-        nullable: c.nullable,
-    }
+    Column { name: c.name.clone(), kind: c.kind.clone(), native_type: c.native_type.clone(), nullable: c.nullable }
 }

@@ -14,35 +14,20 @@ pub struct CheckResult {
 }
 
 fn pass(what: impl Into<String>, detail: impl Into<String>) -> CheckResult {
-    CheckResult {
-        what: what.into(),
-        ok: true,
-        detail: detail.into(),
-    }
+    CheckResult { what: what.into(), ok: true, detail: detail.into() }
 }
 
 fn fail(what: impl Into<String>, detail: impl Into<String>) -> CheckResult {
-    CheckResult {
-        what: what.into(),
-        ok: false,
-        detail: detail.into(),
-    }
+    CheckResult { what: what.into(), ok: false, detail: detail.into() }
 }
 
 /// Checks a Postgres source: reachable, `wal_level`, REPLICATION, a replication
 /// connection, every configured table present with a key.
-pub async fn check_source(
-    source_name: &str,
-    endpoint: &PgEndpoint,
-    tables: &[String],
-) -> Vec<CheckResult> {
+pub async fn check_source(source_name: &str, endpoint: &PgEndpoint, tables: &[String]) -> Vec<CheckResult> {
     let mut results = Vec::new();
     let client = match connect(endpoint).await {
         Ok(c) => {
-            results.push(pass(
-                "connect",
-                format!("connected to {}", endpoint.describe()),
-            ));
+            results.push(pass("connect", format!("connected to {}", endpoint.describe())));
             c
         }
         Err(e) => {
@@ -65,33 +50,17 @@ pub async fn check_source(
                 ));
             }
         }
-        Err(e) => results.push(fail(
-            "wal_level",
-            pg_error("reading wal_level", e).to_string(),
-        )),
+        Err(e) => results.push(fail("wal_level", pg_error("reading wal_level", e).to_string())),
     }
-    match client
-        .query_one(
-            "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
-            &[],
-        )
-        .await
-    {
-        Ok(row) if row.get::<_, bool>(0) => results.push(pass(
-            "replication privilege",
-            format!("{} has REPLICATION", endpoint.user),
-        )),
+    match client.query_one("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user", &[]).await {
+        Ok(row) if row.get::<_, bool>(0) => {
+            results.push(pass("replication privilege", format!("{} has REPLICATION", endpoint.user)))
+        }
         Ok(_) => results.push(fail(
             "replication privilege",
-            format!(
-                "{} lacks REPLICATION; run ALTER ROLE {} REPLICATION as a superuser",
-                endpoint.user, endpoint.user
-            ),
+            format!("{} lacks REPLICATION; run ALTER ROLE {} REPLICATION as a superuser", endpoint.user, endpoint.user),
         )),
-        Err(e) => results.push(fail(
-            "replication privilege",
-            pg_error("reading role attributes", e).to_string(),
-        )),
+        Err(e) => results.push(fail("replication privilege", pg_error("reading role attributes", e).to_string())),
     }
     let repl_cfg = ReplicationConfig {
         host: endpoint.host.clone(),
@@ -107,10 +76,8 @@ pub async fn check_source(
             let _ = conn.close().await;
             results.push(pass("replication connection", "accepted"));
         }
-        Err(e) => results.push(fail(
-            "replication connection",
-            format!("{e}; allow it in pg_hba.conf and check max_wal_senders"),
-        )),
+        Err(e) => results
+            .push(fail("replication connection", format!("{e}; allow it in pg_hba.conf and check max_wal_senders"))),
     }
     match resolve_tables(&client, tables, source_name).await {
         Ok(found) => {
@@ -118,11 +85,7 @@ pub async fn check_source(
                 match table_schema(&client, &id, relid, None).await {
                     Ok(schema) => results.push(pass(
                         format!("table {id}"),
-                        format!(
-                            "{} columns, key ({})",
-                            schema.columns.len(),
-                            schema.key_names().join(", ")
-                        ),
+                        format!("{} columns, key ({})", schema.columns.len(), schema.key_names().join(", ")),
                     )),
                     Err(e) => results.push(fail(format!("table {id}"), e.message)),
                 }
@@ -139,10 +102,7 @@ pub async fn check_target(target_name: &str, endpoint: &PgEndpoint) -> Vec<Check
     let mut results = Vec::new();
     let mut client = match connect(endpoint).await {
         Ok(c) => {
-            results.push(pass(
-                "connect",
-                format!("connected to {}", endpoint.describe()),
-            ));
+            results.push(pass("connect", format!("connected to {}", endpoint.describe())));
             c
         }
         Err(e) => {
@@ -162,16 +122,10 @@ pub async fn check_target(target_name: &str, endpoint: &PgEndpoint) -> Vec<Check
         tx.rollback().await
     };
     match probe.await {
-        Ok(()) => results.push(pass(
-            "writable",
-            "can create tables and write in schema public",
-        )),
+        Ok(()) => results.push(pass("writable", "can create tables and write in schema public")),
         Err(e) => results.push(fail(
             "writable",
-            format!(
-                "{}; grant the user CREATE on the target database and schema public",
-                pg_error("probing", e)
-            ),
+            format!("{}; grant the user CREATE on the target database and schema public", pg_error("probing", e)),
         )),
     }
     results

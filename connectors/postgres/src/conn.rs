@@ -21,11 +21,7 @@ pub struct PgEndpoint {
 impl std::fmt::Debug for PgEndpoint {
     // Never print the password.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "postgres://{}@{}:{}/{}",
-            self.user, self.host, self.port, self.database
-        )
+        write!(f, "postgres://{}@{}:{}/{}", self.user, self.host, self.port, self.database)
     }
 }
 
@@ -37,8 +33,7 @@ impl PgEndpoint {
 
 /// Session settings that make text output unambiguous and identical to what the
 /// replication connection produces.
-pub const SESSION_OPTIONS: &str =
-    "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=iso_8601 -c extra_float_digits=3";
+pub const SESSION_OPTIONS: &str = "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=iso_8601 -c extra_float_digits=3";
 
 pub async fn connect(endpoint: &PgEndpoint) -> Result<Client, ConnectorError> {
     let mut config = tokio_postgres::Config::new();
@@ -55,10 +50,8 @@ pub async fn connect(endpoint: &PgEndpoint) -> Result<Client, ConnectorError> {
     if let Some(password) = &endpoint.password {
         config.password(password);
     }
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| pg_error(format_args!("connecting to {}", endpoint.describe()), e))?;
+    let (client, connection) =
+        config.connect(NoTls).await.map_err(|e| pg_error(format_args!("connecting to {}", endpoint.describe()), e))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "postgres connection ended");

@@ -18,10 +18,7 @@ pub struct DeadLetterRow {
     pub replayed_at: Option<String>,
 }
 
-pub async fn list(
-    endpoint: &PgEndpoint,
-    pipeline: &str,
-) -> Result<Vec<DeadLetterRow>, ConnectorError> {
+pub async fn list(endpoint: &PgEndpoint, pipeline: &str) -> Result<Vec<DeadLetterRow>, ConnectorError> {
     let client = connect(endpoint).await?;
     let rows = client
         .query(

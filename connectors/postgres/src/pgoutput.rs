@@ -141,11 +141,7 @@ impl fmt::Display for DecodeError {
             Some(t) => write!(f, "cannot decode pgoutput {} message", type_name(t))?,
             None => f.write_str("cannot decode pgoutput message")?,
         }
-        write!(
-            f,
-            " at byte offset {} of {}: {}",
-            self.offset, self.len, self.reason
-        )
+        write!(f, " at byte offset {} of {}: {}", self.offset, self.len, self.reason)
     }
 }
 
@@ -185,12 +181,7 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn err_at(&self, offset: usize, reason: impl Into<String>) -> DecodeError {
-        DecodeError {
-            msg_type: Some(self.msg_type),
-            offset,
-            len: self.data.len(),
-            reason: reason.into(),
-        }
+        DecodeError { msg_type: Some(self.msg_type), offset, len: self.data.len(), reason: reason.into() }
     }
 
     fn remaining(&self) -> usize {
@@ -198,21 +189,11 @@ impl<'a> Reader<'a> {
     }
 
     fn short(&self, what: &str, need: usize) -> DecodeError {
-        self.err_at(
-            self.pos,
-            format!(
-                "expected {what} ({need} bytes) but only {} bytes remain",
-                self.remaining()
-            ),
-        )
+        self.err_at(self.pos, format!("expected {what} ({need} bytes) but only {} bytes remain", self.remaining()))
     }
 
     fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], DecodeError> {
-        match self
-            .data
-            .get(self.pos..)
-            .and_then(|rest| rest.first_chunk::<N>())
-        {
+        match self.data.get(self.pos..).and_then(|rest| rest.first_chunk::<N>()) {
             Some(a) => {
                 self.pos += N;
                 Ok(*a)
@@ -265,17 +246,10 @@ impl<'a> Reader<'a> {
         let start = self.pos;
         let rest = self.data.get(start..).unwrap_or_default();
         let Some(nul) = rest.iter().position(|&b| b == 0) else {
-            return Err(self.err_at(
-                start,
-                format!("expected NUL-terminated {what} but found no terminator"),
-            ));
+            return Err(self.err_at(start, format!("expected NUL-terminated {what} but found no terminator")));
         };
-        let s = std::str::from_utf8(&rest[..nul]).map_err(|e| {
-            self.err_at(
-                start + e.valid_up_to(),
-                format!("{what} is not valid UTF-8"),
-            )
-        })?;
+        let s = std::str::from_utf8(&rest[..nul])
+            .map_err(|e| self.err_at(start + e.valid_up_to(), format!("{what} is not valid UTF-8")))?;
         self.pos = start + nul + 1;
         Ok(s.to_owned())
     }
@@ -318,10 +292,7 @@ impl<'a> Reader<'a> {
         let at = self.pos;
         match self.u8("new tuple marker 'N'")? {
             b'N' => Ok(()),
-            b => Err(self.err_at(
-                at,
-                format!("expected new tuple marker 'N', found {}", show_byte(b)),
-            )),
+            b => Err(self.err_at(at, format!("expected new tuple marker 'N', found {}", show_byte(b)))),
         }
     }
 
@@ -329,10 +300,7 @@ impl<'a> Reader<'a> {
         if self.remaining() == 0 {
             Ok(())
         } else {
-            Err(self.err_at(
-                self.pos,
-                format!("{} unexpected trailing bytes", self.remaining()),
-            ))
+            Err(self.err_at(self.pos, format!("{} unexpected trailing bytes", self.remaining())))
         }
     }
 }
@@ -347,11 +315,7 @@ pub fn decode(data: &Bytes) -> Result<LogicalMessage, DecodeError> {
             reason: "expected message type byte, got empty message".to_owned(),
         });
     };
-    let mut r = Reader {
-        data,
-        pos: 1,
-        msg_type,
-    };
+    let mut r = Reader { data, pos: 1, msg_type };
     let msg = match msg_type {
         b'B' => LogicalMessage::Begin {
             final_lsn: r.u64("final LSN")?,
@@ -364,10 +328,7 @@ pub fn decode(data: &Bytes) -> Result<LogicalMessage, DecodeError> {
             end_lsn: r.u64("end LSN")?,
             commit_time_micros: r.i64("commit timestamp")?,
         },
-        b'O' => LogicalMessage::Origin {
-            commit_lsn: r.u64("origin commit LSN")?,
-            name: r.cstr("origin name")?,
-        },
+        b'O' => LogicalMessage::Origin { commit_lsn: r.u64("origin commit LSN")?, name: r.cstr("origin name")? },
         b'R' => {
             let id = r.u32("relation OID")?;
             let namespace = r.cstr("namespace")?;
@@ -384,13 +345,7 @@ pub fn decode(data: &Bytes) -> Result<LogicalMessage, DecodeError> {
                     type_modifier: r.i32("column type modifier")?,
                 });
             }
-            LogicalMessage::Relation(RelationBody {
-                id,
-                namespace,
-                name,
-                replica_identity,
-                columns,
-            })
+            LogicalMessage::Relation(RelationBody { id, namespace, name, replica_identity, columns })
         }
         b'Y' => LogicalMessage::Type {
             id: r.u32("type OID")?,
@@ -400,10 +355,7 @@ pub fn decode(data: &Bytes) -> Result<LogicalMessage, DecodeError> {
         b'I' => {
             let relation_id = r.u32("relation OID")?;
             r.expect_new_marker()?;
-            LogicalMessage::Insert {
-                relation_id,
-                new: r.tuple()?,
-            }
+            LogicalMessage::Insert { relation_id, new: r.tuple()? }
         }
         b'U' => {
             let relation_id = r.u32("relation OID")?;
@@ -412,24 +364,12 @@ pub fn decode(data: &Bytes) -> Result<LogicalMessage, DecodeError> {
                 b'K' => Some(OldTuple::Key(r.tuple()?)),
                 b'O' => Some(OldTuple::Full(r.tuple()?)),
                 b'N' => None,
-                b => {
-                    return Err(r.err_at(
-                        at,
-                        format!(
-                            "expected tuple marker 'K', 'O' or 'N', found {}",
-                            show_byte(b)
-                        ),
-                    ))
-                }
+                b => return Err(r.err_at(at, format!("expected tuple marker 'K', 'O' or 'N', found {}", show_byte(b)))),
             };
             if old.is_some() {
                 r.expect_new_marker()?;
             }
-            LogicalMessage::Update {
-                relation_id,
-                old,
-                new: r.tuple()?,
-            }
+            LogicalMessage::Update { relation_id, old, new: r.tuple()? }
         }
         b'D' => {
             let relation_id = r.u32("relation OID")?;
@@ -437,15 +377,7 @@ pub fn decode(data: &Bytes) -> Result<LogicalMessage, DecodeError> {
             let old = match r.u8("old tuple marker 'K' or 'O'")? {
                 b'K' => OldTuple::Key(r.tuple()?),
                 b'O' => OldTuple::Full(r.tuple()?),
-                b => {
-                    return Err(r.err_at(
-                        at,
-                        format!(
-                            "expected old tuple marker 'K' or 'O', found {}",
-                            show_byte(b)
-                        ),
-                    ))
-                }
+                b => return Err(r.err_at(at, format!("expected old tuple marker 'K' or 'O', found {}", show_byte(b)))),
             };
             LogicalMessage::Delete { relation_id, old }
         }
@@ -456,10 +388,7 @@ pub fn decode(data: &Bytes) -> Result<LogicalMessage, DecodeError> {
             for _ in 0..n {
                 relation_ids.push(r.u32("relation OID")?);
             }
-            LogicalMessage::Truncate {
-                options,
-                relation_ids,
-            }
+            LogicalMessage::Truncate { options, relation_ids }
         }
         b'M' => {
             let flags = r.u8("message flags")?;
@@ -474,16 +403,10 @@ pub fn decode(data: &Bytes) -> Result<LogicalMessage, DecodeError> {
             }
         }
         b'S' | b'E' | b'c' | b'A' => {
-            return Err(r.err_at(
-                0,
-                "streaming-transaction message (proto_version 2) is not supported",
-            ))
+            return Err(r.err_at(0, "streaming-transaction message (proto_version 2) is not supported"))
         }
         b'b' | b'P' | b'K' | b'r' | b'p' => {
-            return Err(r.err_at(
-                0,
-                "two-phase commit message (proto_version 3) is not supported",
-            ))
+            return Err(r.err_at(0, "two-phase commit message (proto_version 3) is not supported"))
         }
         t => return Err(r.err_at(0, format!("unknown message type {}", show_byte(t)))),
     };
@@ -511,11 +434,7 @@ mod tests {
                 TupleValue::Null => out.push(b'n'),
                 TupleValue::UnchangedToast => out.push(b'u'),
                 TupleValue::Text(b) | TupleValue::Binary(b) => {
-                    out.push(if matches!(v, TupleValue::Text(_)) {
-                        b't'
-                    } else {
-                        b'b'
-                    });
+                    out.push(if matches!(v, TupleValue::Text(_)) { b't' } else { b'b' });
                     out.extend_from_slice(&(b.len() as i32).to_be_bytes());
                     out.extend_from_slice(b);
                 }
@@ -539,22 +458,13 @@ mod tests {
     fn encode(m: &LogicalMessage) -> Vec<u8> {
         let mut o = Vec::new();
         match m {
-            LogicalMessage::Begin {
-                final_lsn,
-                commit_time_micros,
-                xid,
-            } => {
+            LogicalMessage::Begin { final_lsn, commit_time_micros, xid } => {
                 o.push(b'B');
                 o.extend_from_slice(&final_lsn.to_be_bytes());
                 o.extend_from_slice(&commit_time_micros.to_be_bytes());
                 o.extend_from_slice(&xid.to_be_bytes());
             }
-            LogicalMessage::Commit {
-                flags,
-                commit_lsn,
-                end_lsn,
-                commit_time_micros,
-            } => {
+            LogicalMessage::Commit { flags, commit_lsn, end_lsn, commit_time_micros } => {
                 o.push(b'C');
                 o.push(*flags);
                 o.extend_from_slice(&commit_lsn.to_be_bytes());
@@ -580,11 +490,7 @@ mod tests {
                     o.extend_from_slice(&c.type_modifier.to_be_bytes());
                 }
             }
-            LogicalMessage::Type {
-                id,
-                namespace,
-                name,
-            } => {
+            LogicalMessage::Type { id, namespace, name } => {
                 o.push(b'Y');
                 o.extend_from_slice(&id.to_be_bytes());
                 put_str(&mut o, namespace);
@@ -596,11 +502,7 @@ mod tests {
                 o.push(b'N');
                 put_tuple(&mut o, new);
             }
-            LogicalMessage::Update {
-                relation_id,
-                old,
-                new,
-            } => {
+            LogicalMessage::Update { relation_id, old, new } => {
                 o.push(b'U');
                 o.extend_from_slice(&relation_id.to_be_bytes());
                 if let Some(old) = old {
@@ -614,10 +516,7 @@ mod tests {
                 o.extend_from_slice(&relation_id.to_be_bytes());
                 put_old(&mut o, old);
             }
-            LogicalMessage::Truncate {
-                options,
-                relation_ids,
-            } => {
+            LogicalMessage::Truncate { options, relation_ids } => {
                 o.push(b'T');
                 o.extend_from_slice(&(relation_ids.len() as i32).to_be_bytes());
                 o.push(*options);
@@ -625,12 +524,7 @@ mod tests {
                     o.extend_from_slice(&id.to_be_bytes());
                 }
             }
-            LogicalMessage::Message {
-                transactional,
-                lsn,
-                prefix,
-                content,
-            } => {
+            LogicalMessage::Message { transactional, lsn, prefix, content } => {
                 o.push(b'M');
                 o.push(u8::from(*transactional));
                 o.extend_from_slice(&lsn.to_be_bytes());
@@ -671,25 +565,13 @@ mod tests {
                 xid: 740,
             }
         );
-        roundtrip(LogicalMessage::Commit {
-            flags: 0,
-            commit_lsn: 1,
-            end_lsn: 2,
-            commit_time_micros: -3,
-        });
+        roundtrip(LogicalMessage::Commit { flags: 0, commit_lsn: 1, end_lsn: 2, commit_time_micros: -3 });
     }
 
     #[test]
     fn origin_type_truncate_message() {
-        roundtrip(LogicalMessage::Origin {
-            commit_lsn: 77,
-            name: "node_a".into(),
-        });
-        roundtrip(LogicalMessage::Type {
-            id: 16_400,
-            namespace: "public".into(),
-            name: "mood".into(),
-        });
+        roundtrip(LogicalMessage::Origin { commit_lsn: 77, name: "node_a".into() });
+        roundtrip(LogicalMessage::Type { id: 16_400, namespace: "public".into(), name: "mood".into() });
         roundtrip(LogicalMessage::Truncate {
             options: TRUNCATE_CASCADE | TRUNCATE_RESTART_IDENTITY,
             relation_ids: vec![16_384, 16_390],
@@ -710,24 +592,12 @@ mod tests {
             name: "orders".into(),
             replica_identity: b'd',
             columns: vec![
-                RelationColumn {
-                    flags: 1,
-                    name: "id".into(),
-                    type_oid: 23,
-                    type_modifier: -1,
-                },
-                RelationColumn {
-                    flags: 0,
-                    name: "note".into(),
-                    type_oid: 1043,
-                    type_modifier: 104,
-                },
+                RelationColumn { flags: 1, name: "id".into(), type_oid: 23, type_modifier: -1 },
+                RelationColumn { flags: 0, name: "note".into(), type_oid: 1043, type_modifier: 104 },
             ],
         });
         roundtrip(m.clone());
-        let LogicalMessage::Relation(r) = m else {
-            unreachable!()
-        };
+        let LogicalMessage::Relation(r) = m else { unreachable!() };
         assert!(r.columns[0].is_key());
         assert!(!r.columns[1].is_key());
     }
@@ -741,51 +611,28 @@ mod tests {
             TupleValue::Binary(Bytes::from_static(&[0, 0, 0, 1])),
             text(""),
         ]);
-        roundtrip(LogicalMessage::Insert {
-            relation_id: 9,
-            new: row.clone(),
-        });
-        roundtrip(LogicalMessage::Update {
-            relation_id: 9,
-            old: None,
-            new: row.clone(),
-        });
+        roundtrip(LogicalMessage::Insert { relation_id: 9, new: row.clone() });
+        roundtrip(LogicalMessage::Update { relation_id: 9, old: None, new: row.clone() });
         roundtrip(LogicalMessage::Update {
             relation_id: 9,
             old: Some(OldTuple::Key(TupleData(vec![text("1")]))),
             new: row.clone(),
         });
-        roundtrip(LogicalMessage::Update {
-            relation_id: 9,
-            old: Some(OldTuple::Full(row.clone())),
-            new: row.clone(),
-        });
+        roundtrip(LogicalMessage::Update { relation_id: 9, old: Some(OldTuple::Full(row.clone())), new: row.clone() });
         roundtrip(LogicalMessage::Delete {
             relation_id: 9,
             old: OldTuple::Key(TupleData(vec![text("1"), TupleValue::Null])),
         });
-        roundtrip(LogicalMessage::Delete {
-            relation_id: 9,
-            old: OldTuple::Full(row),
-        });
-        roundtrip(LogicalMessage::Insert {
-            relation_id: 1,
-            new: TupleData(vec![]),
-        });
+        roundtrip(LogicalMessage::Delete { relation_id: 9, old: OldTuple::Full(row) });
+        roundtrip(LogicalMessage::Insert { relation_id: 1, new: TupleData(vec![]) });
     }
 
     #[test]
     fn text_values_are_zero_copy() {
-        let enc = Bytes::from(encode(&LogicalMessage::Insert {
-            relation_id: 1,
-            new: TupleData(vec![text("hello world")]),
-        }));
-        let LogicalMessage::Insert { new, .. } = decode(&enc).unwrap() else {
-            panic!("not an insert")
-        };
-        let TupleValue::Text(t) = &new.0[0] else {
-            panic!("not text")
-        };
+        let enc =
+            Bytes::from(encode(&LogicalMessage::Insert { relation_id: 1, new: TupleData(vec![text("hello world")]) }));
+        let LogicalMessage::Insert { new, .. } = decode(&enc).unwrap() else { panic!("not an insert") };
+        let TupleValue::Text(t) = &new.0[0] else { panic!("not text") };
         let start = enc.as_ptr() as usize;
         let p = t.as_ptr() as usize;
         assert!(p >= start && p + t.len() <= start + enc.len());
@@ -807,10 +654,7 @@ mod tests {
         let e = dec(&[b'B', 0, 0, 0, 0, 0, 0, 0, 1, 0, 0]).unwrap_err();
         assert_eq!((e.msg_type, e.offset), (Some(b'B'), 9));
         let s = e.to_string();
-        assert!(
-            s.contains("Begin") && s.contains("commit timestamp") && s.contains("offset 9"),
-            "{s}"
-        );
+        assert!(s.contains("Begin") && s.contains("commit timestamp") && s.contains("offset 9"), "{s}");
 
         // Insert with unknown value kind in column 1.
         let e = dec(b"I\0\0\0\x01N\0\x02nx").unwrap_err();
@@ -831,10 +675,7 @@ mod tests {
         assert_eq!(e.offset, 8);
 
         // Trailing garbage.
-        let mut b = encode(&LogicalMessage::Origin {
-            commit_lsn: 1,
-            name: "x".into(),
-        });
+        let mut b = encode(&LogicalMessage::Origin { commit_lsn: 1, name: "x".into() });
         b.push(0);
         let e = dec(&b).unwrap_err();
         assert!(e.to_string().contains("trailing"), "{e}");
@@ -873,90 +714,38 @@ mod tests {
     }
 
     fn old_tuple() -> impl Strategy<Value = OldTuple> {
-        prop_oneof![
-            tuple().prop_map(OldTuple::Key),
-            tuple().prop_map(OldTuple::Full)
-        ]
+        prop_oneof![tuple().prop_map(OldTuple::Key), tuple().prop_map(OldTuple::Full)]
     }
 
     fn column() -> impl Strategy<Value = RelationColumn> {
-        (any::<u8>(), name(), any::<u32>(), any::<i32>()).prop_map(
-            |(flags, name, type_oid, type_modifier)| RelationColumn {
-                flags,
-                name,
-                type_oid,
-                type_modifier,
-            },
-        )
+        (any::<u8>(), name(), any::<u32>(), any::<i32>())
+            .prop_map(|(flags, name, type_oid, type_modifier)| RelationColumn { flags, name, type_oid, type_modifier })
     }
 
     fn message() -> impl Strategy<Value = LogicalMessage> {
         prop_oneof![
-            (any::<u64>(), any::<i64>(), any::<u32>()).prop_map(|(final_lsn, t, xid)| {
-                LogicalMessage::Begin {
-                    final_lsn,
-                    commit_time_micros: t,
-                    xid,
-                }
+            (any::<u64>(), any::<i64>(), any::<u32>())
+                .prop_map(|(final_lsn, t, xid)| { LogicalMessage::Begin { final_lsn, commit_time_micros: t, xid } }),
+            (any::<u8>(), any::<u64>(), any::<u64>(), any::<i64>()).prop_map(|(flags, commit_lsn, end_lsn, t)| {
+                LogicalMessage::Commit { flags, commit_lsn, end_lsn, commit_time_micros: t }
             }),
-            (any::<u8>(), any::<u64>(), any::<u64>(), any::<i64>()).prop_map(
-                |(flags, commit_lsn, end_lsn, t)| LogicalMessage::Commit {
-                    flags,
-                    commit_lsn,
-                    end_lsn,
-                    commit_time_micros: t,
+            (any::<u64>(), name()).prop_map(|(commit_lsn, name)| LogicalMessage::Origin { commit_lsn, name }),
+            (any::<u32>(), name(), name(), any::<u8>(), proptest::collection::vec(column(), 0..6)).prop_map(
+                |(id, namespace, name, replica_identity, columns)| {
+                    LogicalMessage::Relation(RelationBody { id, namespace, name, replica_identity, columns })
                 }
             ),
-            (any::<u64>(), name())
-                .prop_map(|(commit_lsn, name)| LogicalMessage::Origin { commit_lsn, name }),
-            (
-                any::<u32>(),
-                name(),
-                name(),
-                any::<u8>(),
-                proptest::collection::vec(column(), 0..6)
-            )
-                .prop_map(|(id, namespace, name, replica_identity, columns)| {
-                    LogicalMessage::Relation(RelationBody {
-                        id,
-                        namespace,
-                        name,
-                        replica_identity,
-                        columns,
-                    })
-                }),
-            (any::<u32>(), name(), name()).prop_map(|(id, namespace, name)| {
-                LogicalMessage::Type {
-                    id,
-                    namespace,
-                    name,
-                }
+            (any::<u32>(), name(), name())
+                .prop_map(|(id, namespace, name)| { LogicalMessage::Type { id, namespace, name } }),
+            (any::<u32>(), tuple()).prop_map(|(relation_id, new)| LogicalMessage::Insert { relation_id, new }),
+            (any::<u32>(), proptest::option::of(old_tuple()), tuple())
+                .prop_map(|(relation_id, old, new)| LogicalMessage::Update { relation_id, old, new }),
+            (any::<u32>(), old_tuple()).prop_map(|(relation_id, old)| LogicalMessage::Delete { relation_id, old }),
+            (any::<u8>(), proptest::collection::vec(any::<u32>(), 0..8))
+                .prop_map(|(options, relation_ids)| LogicalMessage::Truncate { options, relation_ids }),
+            (any::<bool>(), any::<u64>(), name(), bytes_val(32)).prop_map(|(transactional, lsn, prefix, content)| {
+                LogicalMessage::Message { transactional, lsn, prefix, content }
             }),
-            (any::<u32>(), tuple())
-                .prop_map(|(relation_id, new)| LogicalMessage::Insert { relation_id, new }),
-            (any::<u32>(), proptest::option::of(old_tuple()), tuple()).prop_map(
-                |(relation_id, old, new)| LogicalMessage::Update {
-                    relation_id,
-                    old,
-                    new,
-                }
-            ),
-            (any::<u32>(), old_tuple())
-                .prop_map(|(relation_id, old)| LogicalMessage::Delete { relation_id, old }),
-            (any::<u8>(), proptest::collection::vec(any::<u32>(), 0..8)).prop_map(
-                |(options, relation_ids)| LogicalMessage::Truncate {
-                    options,
-                    relation_ids,
-                }
-            ),
-            (any::<bool>(), any::<u64>(), name(), bytes_val(32)).prop_map(
-                |(transactional, lsn, prefix, content)| LogicalMessage::Message {
-                    transactional,
-                    lsn,
-                    prefix,
-                    content,
-                }
-            ),
         ]
     }
 

@@ -82,12 +82,7 @@ pub enum ReplicationError {
         suffix("detail", .detail),
         suffix("hint", .hint)
     )]
-    Server {
-        code: String,
-        message: String,
-        detail: Option<String>,
-        hint: Option<String>,
-    },
+    Server { code: String, message: String, detail: Option<String>, hint: Option<String> },
     /// Wrong credentials, missing password or unsupported method: retrying
     /// will not help.
     #[error("authentication failed: {0}")]
@@ -126,12 +121,7 @@ struct ServerNotice {
 
 impl From<ServerNotice> for ReplicationError {
     fn from(n: ServerNotice) -> Self {
-        ReplicationError::Server {
-            code: n.code,
-            message: n.message,
-            detail: n.detail,
-            hint: n.hint,
-        }
+        ReplicationError::Server { code: n.code, message: n.message, detail: n.detail, hint: n.hint }
     }
 }
 
@@ -203,10 +193,7 @@ impl<'a> BodyReader<'a> {
         };
         let raw = self.take(nul + 1, what)?;
         std::str::from_utf8(&raw[..nul]).map_err(|_| {
-            ReplicationError::Protocol(format!(
-                "{what} in {} message is not valid UTF-8",
-                describe_tag(self.tag)
-            ))
+            ReplicationError::Protocol(format!("{what} in {} message is not valid UTF-8", describe_tag(self.tag)))
         })
     }
 
@@ -303,8 +290,8 @@ fn log_notice(n: &ServerNotice) {
 fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>, ReplicationError> {
     let mut r = BodyReader::new(body, b'D');
     let ncols = r.i16("column count")?;
-    let ncols = usize::try_from(ncols)
-        .map_err(|_| ReplicationError::Protocol(format!("DataRow with {ncols} columns")))?;
+    let ncols =
+        usize::try_from(ncols).map_err(|_| ReplicationError::Protocol(format!("DataRow with {ncols} columns")))?;
     let mut row = Vec::with_capacity(ncols);
     for _ in 0..ncols {
         let len = r.i32("column length")?;
@@ -313,9 +300,8 @@ fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>, ReplicationError> 
             continue;
         }
         let raw = r.take(len as usize, "column value")?;
-        let text = std::str::from_utf8(raw).map_err(|_| {
-            ReplicationError::Protocol("DataRow column is not valid UTF-8".to_owned())
-        })?;
+        let text = std::str::from_utf8(raw)
+            .map_err(|_| ReplicationError::Protocol("DataRow column is not valid UTF-8".to_owned()))?;
         row.push(Some(text.to_owned()));
     }
     Ok(row)
@@ -339,10 +325,7 @@ struct FrameReader<R> {
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     fn new(rd: R) -> Self {
-        FrameReader {
-            rd,
-            buf: BytesMut::with_capacity(READ_BUF_CAPACITY),
-        }
+        FrameReader { rd, buf: BytesMut::with_capacity(READ_BUF_CAPACITY) }
     }
 
     async fn read_frame(&mut self) -> Result<Frame, ReplicationError> {
@@ -360,10 +343,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 if self.buf.len() >= total {
                     let mut frame = self.buf.split_to(total);
                     frame.advance(5);
-                    return Ok(Frame {
-                        tag,
-                        body: frame.freeze(),
-                    });
+                    return Ok(Frame { tag, body: frame.freeze() });
                 }
                 self.buf.reserve(total - self.buf.len());
             }
@@ -418,10 +398,7 @@ impl ReplicationConnection {
             Ok(res) => res,
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!(
-                    "connecting to {}:{} timed out after {:?}",
-                    cfg.host, cfg.port, cfg.connect_timeout
-                ),
+                format!("connecting to {}:{} timed out after {:?}", cfg.host, cfg.port, cfg.connect_timeout),
             )
             .into()),
         }
@@ -430,12 +407,7 @@ impl ReplicationConnection {
     async fn connect_inner(cfg: &ReplicationConfig) -> Result<Self, ReplicationError> {
         let stream = TcpStream::connect((cfg.host.as_str(), cfg.port))
             .await
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("connecting to {}:{}: {e}", cfg.host, cfg.port),
-                )
-            })?;
+            .map_err(|e| io::Error::new(e.kind(), format!("connecting to {}:{}: {e}", cfg.host, cfg.port)))?;
         // Status updates are tiny and latency-sensitive; Nagle would hold
         // them back behind the previous unacknowledged segment.
         stream.set_nodelay(true)?;
@@ -461,8 +433,7 @@ impl ReplicationConnection {
             ("IntervalStyle", "iso_8601"),
             ("extra_float_digits", "3"),
         ];
-        frontend::startup_message(params, &mut conn.write_buf)
-            .map_err(|e| encode_err("startup message", e))?;
+        frontend::startup_message(params, &mut conn.write_buf).map_err(|e| encode_err("startup message", e))?;
         conn.flush_write_buf().await?;
         conn.authenticate(cfg).await?;
         Ok(conn)
@@ -474,10 +445,7 @@ impl ReplicationConnection {
         Ok(())
     }
 
-    fn password<'a>(
-        cfg: &'a ReplicationConfig,
-        method: &str,
-    ) -> Result<&'a [u8], ReplicationError> {
+    fn password<'a>(cfg: &'a ReplicationConfig, method: &str) -> Result<&'a [u8], ReplicationError> {
         cfg.password.as_deref().map(str::as_bytes).ok_or_else(|| {
             ReplicationError::Auth(format!(
                 "server requested {method} authentication for user \"{}\" but no password is configured",
@@ -504,8 +472,7 @@ impl ReplicationConnection {
                             // proven it knows the password; refuse it.
                             if scram.is_some() && !scram_verified {
                                 return Err(ReplicationError::Auth(
-                                    "server reported success before completing SCRAM authentication"
-                                        .to_owned(),
+                                    "server reported success before completing SCRAM authentication".to_owned(),
                                 ));
                             }
                             authenticated = true;
@@ -541,42 +508,27 @@ impl ReplicationConnection {
                             }
                             let pw = Self::password(cfg, SCRAM_SHA_256)?;
                             let s = ScramSha256::new(pw, ChannelBinding::unsupported());
-                            frontend::sasl_initial_response(
-                                SCRAM_SHA_256,
-                                s.message(),
-                                &mut self.write_buf,
-                            )
-                            .map_err(|e| encode_err("SASL initial response", e))?;
+                            frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut self.write_buf)
+                                .map_err(|e| encode_err("SASL initial response", e))?;
                             self.flush_write_buf().await?;
                             scram = Some(s);
                         }
                         11 => {
                             let Some(s) = scram.as_mut() else {
-                                return Err(unexpected(
-                                    b'R',
-                                    &frame.body,
-                                    "(SASLContinue before SASL start)",
-                                ));
+                                return Err(unexpected(b'R', &frame.body, "(SASLContinue before SASL start)"));
                             };
-                            s.update(r.rest()).map_err(|e| {
-                                ReplicationError::Auth(format!("SCRAM exchange failed: {e}"))
-                            })?;
+                            s.update(r.rest())
+                                .map_err(|e| ReplicationError::Auth(format!("SCRAM exchange failed: {e}")))?;
                             frontend::sasl_response(s.message(), &mut self.write_buf)
                                 .map_err(|e| encode_err("SASL response", e))?;
                             self.flush_write_buf().await?;
                         }
                         12 => {
                             let Some(s) = scram.as_mut() else {
-                                return Err(unexpected(
-                                    b'R',
-                                    &frame.body,
-                                    "(SASLFinal before SASL start)",
-                                ));
+                                return Err(unexpected(b'R', &frame.body, "(SASLFinal before SASL start)"));
                             };
                             s.finish(r.rest()).map_err(|e| {
-                                ReplicationError::Auth(format!(
-                                    "SCRAM server signature verification failed: {e}"
-                                ))
+                                ReplicationError::Auth(format!("SCRAM server signature verification failed: {e}"))
                             })?;
                             scram_verified = true;
                         }
@@ -640,10 +592,7 @@ impl ReplicationConnection {
     /// NULL). On ErrorResponse the remaining messages are drained up to
     /// ReadyForQuery so the connection stays usable, then the error is
     /// returned.
-    pub async fn simple_query(
-        &mut self,
-        sql: &str,
-    ) -> Result<Vec<Vec<Option<String>>>, ReplicationError> {
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, ReplicationError> {
         self.send_query(sql).await?;
         let mut rows = Vec::new();
         let mut error: Option<ServerNotice> = None;
@@ -714,24 +663,12 @@ impl ReplicationConnection {
                         )),
                     })
                 }
-                tag => {
-                    return Err(unexpected(
-                        tag,
-                        &frame.body,
-                        "while waiting for CopyBothResponse",
-                    ))
-                }
+                tag => return Err(unexpected(tag, &frame.body, "while waiting for CopyBothResponse")),
             }
         }
         Ok((
-            ReplicationStream {
-                reader: self.reader,
-                done: false,
-            },
-            ReplicationWriter {
-                writer: self.writer,
-                buf: BytesMut::with_capacity(64),
-            },
+            ReplicationStream { reader: self.reader, done: false },
+            ReplicationWriter { writer: self.writer, buf: BytesMut::with_capacity(64) },
         ))
     }
 
@@ -781,11 +718,7 @@ fn parse_copy_data(body: Bytes) -> Result<ReplicationMessage, ReplicationError> 
             let wal_end = h.get_u64();
             let server_time_micros = h.get_i64();
             let reply_requested = h.get_u8() != 0;
-            Ok(ReplicationMessage::Keepalive {
-                wal_end,
-                server_time_micros,
-                reply_requested,
-            })
+            Ok(ReplicationMessage::Keepalive { wal_end, server_time_micros, reply_requested })
         }
         Some(b'w') | Some(b'k') => Err(ReplicationError::Protocol(format!(
             "truncated replication CopyData message ({} bytes: {})",
@@ -808,9 +741,7 @@ pub struct ReplicationStream {
 
 impl fmt::Debug for ReplicationStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReplicationStream")
-            .field("done", &self.done)
-            .finish_non_exhaustive()
+        f.debug_struct("ReplicationStream").field("done", &self.done).finish_non_exhaustive()
     }
 }
 
@@ -891,14 +822,7 @@ impl ReplicationWriter {
         reply_requested: bool,
     ) -> Result<(), ReplicationError> {
         self.buf.clear();
-        encode_status(
-            &mut self.buf,
-            written,
-            flushed,
-            applied,
-            pg_now_micros(),
-            reply_requested,
-        );
+        encode_status(&mut self.buf, written, flushed, applied, pg_now_micros(), reply_requested);
         self.writer.write_all(&self.buf).await?;
         self.writer.flush().await?;
         Ok(())
@@ -958,29 +882,10 @@ mod tests {
         assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
         assert_eq!(parse_lsn("16/b374d848"), Some(0x16_B374_D848));
         assert_eq!(parse_lsn("0/0"), Some(0));
-        for lsn in [
-            0,
-            1,
-            0xFFFF_FFFF,
-            0x1_0000_0000,
-            u64::MAX,
-            0x0123_4567_89AB_CDEF,
-        ] {
+        for lsn in [0, 1, 0xFFFF_FFFF, 0x1_0000_0000, u64::MAX, 0x0123_4567_89AB_CDEF] {
             assert_eq!(parse_lsn(&format_lsn(lsn)), Some(lsn));
         }
-        for bad in [
-            "",
-            "/",
-            "1/",
-            "/1",
-            "1",
-            "+1/1",
-            "1/-1",
-            "123456789/0",
-            "g/0",
-            "1/2/3",
-            " 1/2",
-        ] {
+        for bad in ["", "/", "1/", "/1", "1", "+1/1", "1/-1", "123456789/0", "g/0", "1/2/3", " 1/2"] {
             assert_eq!(parse_lsn(bad), None, "{bad:?}");
         }
     }
@@ -1014,16 +919,10 @@ mod tests {
         let err: ReplicationError = n.into();
         assert_eq!(err.sqlstate(), Some("28P01"));
         let text = err.to_string();
-        assert!(
-            text.contains("some detail") && text.contains("some hint"),
-            "{text}"
-        );
+        assert!(text.contains("some detail") && text.contains("some hint"), "{text}");
 
         // Truncated: missing the final NUL terminator of a value.
-        assert!(matches!(
-            parse_notice(b'E', b"Cabc"),
-            Err(ReplicationError::Protocol(_))
-        ));
+        assert!(matches!(parse_notice(b'E', b"Cabc"), Err(ReplicationError::Protocol(_))));
     }
 
     #[test]
@@ -1050,17 +949,10 @@ mod tests {
         k.put_u8(1);
         assert_eq!(
             parse_copy_data(k.freeze()).unwrap(),
-            ReplicationMessage::Keepalive {
-                wal_end: 99,
-                server_time_micros: -5,
-                reply_requested: true,
-            }
+            ReplicationMessage::Keepalive { wal_end: 99, server_time_micros: -5, reply_requested: true }
         );
         for bad in [&b""[..], b"w123", b"k", b"x12345678"] {
-            assert!(matches!(
-                parse_copy_data(Bytes::copy_from_slice(bad)),
-                Err(ReplicationError::Protocol(_))
-            ));
+            assert!(matches!(parse_copy_data(Bytes::copy_from_slice(bad)), Err(ReplicationError::Protocol(_))));
         }
     }
 
@@ -1120,9 +1012,7 @@ mod tests {
         assert_eq!((f.tag, f.body.len()), (b'c', 0));
         writer.await.unwrap();
         let err = reader.read_frame().await.err().unwrap();
-        assert!(
-            matches!(err, ReplicationError::Io(ref e) if e.kind() == io::ErrorKind::UnexpectedEof)
-        );
+        assert!(matches!(err, ReplicationError::Io(ref e) if e.kind() == io::ErrorKind::UnexpectedEof));
     }
 
     #[tokio::test]
@@ -1130,10 +1020,7 @@ mod tests {
         let (mut tx, rx) = tokio::io::duplex(64);
         tx.write_all(&[b'd', 0, 0, 0, 2]).await.unwrap();
         let mut reader = FrameReader::new(rx);
-        assert!(matches!(
-            reader.read_frame().await,
-            Err(ReplicationError::Protocol(_))
-        ));
+        assert!(matches!(reader.read_frame().await, Err(ReplicationError::Protocol(_))));
 
         let (mut tx, rx) = tokio::io::duplex(64);
         tx.write_all(&[b'd', 0, 0, 0, 10, 1, 2]).await.unwrap();
@@ -1174,9 +1061,7 @@ mod tests {
         let mut body = vec![0; len - 4];
         s.read_exact(&mut body).await.unwrap();
         assert_eq!(&body[..4], &0x0003_0000u32.to_be_bytes());
-        let mut parts = body[4..]
-            .split(|&b| b == 0)
-            .map(|p| String::from_utf8(p.to_vec()).unwrap());
+        let mut parts = body[4..].split(|&b| b == 0).map(|p| String::from_utf8(p.to_vec()).unwrap());
         let mut out = HashMap::new();
         loop {
             let k = parts.next().unwrap();
@@ -1299,9 +1184,7 @@ mod tests {
         })
         .await;
 
-        let mut conn = ReplicationConnection::connect(&config(port, None))
-            .await
-            .unwrap();
+        let mut conn = ReplicationConnection::connect(&config(port, None)).await.unwrap();
         assert_eq!(conn.parameter_status("server_version"), Some("15.0"));
         assert_eq!(conn.backend_pid(), Some(42));
         let rows = conn.simple_query("IDENTIFY_SYSTEM").await.unwrap();
@@ -1321,11 +1204,7 @@ mod tests {
         );
         assert_eq!(
             stream.next().await.unwrap(),
-            Some(ReplicationMessage::Keepalive {
-                wal_end: 5,
-                server_time_micros: 6,
-                reply_requested: true,
-            })
+            Some(ReplicationMessage::Keepalive { wal_end: 5, server_time_micros: 6, reply_requested: true })
         );
         writer.send_status(7, 8, 9, false).await.unwrap();
         writer.send_copy_done().await.unwrap();
@@ -1346,9 +1225,7 @@ mod tests {
             s.write_all(&post_auth()).await.unwrap();
         })
         .await;
-        ReplicationConnection::connect(&config(port, Some("secret")))
-            .await
-            .unwrap();
+        ReplicationConnection::connect(&config(port, Some("secret"))).await.unwrap();
         server.await.unwrap();
     }
 
@@ -1359,17 +1236,12 @@ mod tests {
             s.write_all(&auth(3, b"")).await.unwrap();
             let (tag, body) = read_msg(&mut s).await;
             assert_eq!((tag, &body[..]), (b'p', &b"wrong\0"[..]));
-            s.write_all(&frame(
-                b'E',
-                &error_body("28P01", "password authentication failed for user \"alice\""),
-            ))
-            .await
-            .unwrap();
+            s.write_all(&frame(b'E', &error_body("28P01", "password authentication failed for user \"alice\"")))
+                .await
+                .unwrap();
         })
         .await;
-        let err = ReplicationConnection::connect(&config(port, Some("wrong")))
-            .await
-            .unwrap_err();
+        let err = ReplicationConnection::connect(&config(port, Some("wrong"))).await.unwrap_err();
         assert!(
             matches!(err, ReplicationError::Auth(ref m) if m.contains("password authentication failed")),
             "{err:?}"
@@ -1386,13 +1258,8 @@ mod tests {
             s.write_all(&auth(10, &mechs)).await.unwrap();
         })
         .await;
-        let err = ReplicationConnection::connect(&config(port, None))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, ReplicationError::Auth(ref m) if m.contains("no password is configured")),
-            "{err:?}"
-        );
+        let err = ReplicationConnection::connect(&config(port, None)).await.unwrap_err();
+        assert!(matches!(err, ReplicationError::Auth(ref m) if m.contains("no password is configured")), "{err:?}");
         server.await.unwrap();
     }
 
@@ -1402,21 +1269,13 @@ mod tests {
             read_startup(&mut s).await;
             s.write_all(&post_auth()).await.unwrap();
             read_msg(&mut s).await;
-            let mut out = frame(
-                b'E',
-                &error_body("42704", "replication slot \"x\" does not exist"),
-            );
+            let mut out = frame(b'E', &error_body("42704", "replication slot \"x\" does not exist"));
             out.extend(frame(b'Z', b"I"));
             s.write_all(&out).await.unwrap();
         })
         .await;
-        let conn = ReplicationConnection::connect(&config(port, None))
-            .await
-            .unwrap();
-        let err = conn
-            .start_copy_both("START_REPLICATION SLOT x LOGICAL 0/0")
-            .await
-            .unwrap_err();
+        let conn = ReplicationConnection::connect(&config(port, None)).await.unwrap();
+        let err = conn.start_copy_both("START_REPLICATION SLOT x LOGICAL 0/0").await.unwrap_err();
         assert_eq!(err.sqlstate(), Some("42704"));
         server.await.unwrap();
     }

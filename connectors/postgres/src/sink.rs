@@ -18,18 +18,16 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tidewater_core::{
-    ApplyBatch, ApplyReport, Checkpoint, ColumnType, ConnectorError, Engine, Sink, TableChanges,
-    TableId, TablePlan, TableSchema, Value,
+    ApplyBatch, ApplyReport, Checkpoint, ColumnType, ConnectorError, Engine, Sink, TableChanges, TableId, TablePlan,
+    TableSchema, Value,
 };
 use tokio_postgres::{Client, Statement, Transaction};
 
 use crate::conn::{connect, PgEndpoint};
 use crate::sql::{pg_error, quote_ident, quote_table};
 
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_bookkeeping",
-    include_str!("../../../migrations/postgres/0001_bookkeeping.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] =
+    &[("0001_bookkeeping", include_str!("../../../migrations/postgres/0001_bookkeeping.sql"))];
 
 /// A target table's columns: name → type name usable in a cast (no typmod, so that
 /// assignment, not the cast, enforces lengths and precision).
@@ -55,11 +53,7 @@ pub struct PgSink {
 
 impl PgSink {
     pub fn new(endpoint: PgEndpoint) -> Self {
-        PgSink {
-            endpoint,
-            client: None,
-            state: SinkState::default(),
-        }
+        PgSink { endpoint, client: None, state: SinkState::default() }
     }
 
     /// Takes the live connection out (connecting when needed); [`PgSink::put_back`]
@@ -74,15 +68,9 @@ impl PgSink {
         }
     }
 
-    fn put_back<T>(
-        &mut self,
-        client: Client,
-        result: Result<T, ConnectorError>,
-    ) -> Result<T, ConnectorError> {
+    fn put_back<T>(&mut self, client: Client, result: Result<T, ConnectorError>) -> Result<T, ConnectorError> {
         match &result {
-            Err(e) if e.class == tidewater_core::ErrorClass::Transient => {
-                self.state.statements.clear()
-            }
+            Err(e) if e.class == tidewater_core::ErrorClass::Transient => self.state.statements.clear(),
             _ => self.client = Some(client),
         }
         result
@@ -95,9 +83,10 @@ impl Sink for PgSink {
         let client = self.take_client().await?;
         let result = async {
             for (name, sql) in MIGRATIONS {
-                client.batch_execute(sql).await.map_err(|e| {
-                    pg_error(format_args!("running migration {name} on the target"), e)
-                })?;
+                client
+                    .batch_execute(sql)
+                    .await
+                    .map_err(|e| pg_error(format_args!("running migration {name} on the target"), e))?;
             }
             Ok(())
         }
@@ -105,10 +94,7 @@ impl Sink for PgSink {
         self.put_back(client, result)
     }
 
-    async fn load_checkpoint(
-        &mut self,
-        pipeline: &str,
-    ) -> Result<Option<Checkpoint>, ConnectorError> {
+    async fn load_checkpoint(&mut self, pipeline: &str) -> Result<Option<Checkpoint>, ConnectorError> {
         let client = self.take_client().await?;
         let result = client
             .query_opt(
@@ -124,16 +110,11 @@ impl Sink for PgSink {
     async fn ensure_tables(&mut self, plans: &[TablePlan]) -> Result<(), ConnectorError> {
         let mut client = self.take_client().await?;
         let result = async {
-            let tx = client
-                .transaction()
-                .await
-                .map_err(|e| pg_error("starting a target transaction", e))?;
+            let tx = client.transaction().await.map_err(|e| pg_error("starting a target transaction", e))?;
             for plan in plans {
                 reconcile(&tx, &mut self.state, &plan.source, &plan.target).await?;
             }
-            tx.commit()
-                .await
-                .map_err(|e| pg_error("committing target tables", e))
+            tx.commit().await.map_err(|e| pg_error("committing target tables", e))
         }
         .await;
         self.put_back(client, result)
@@ -147,21 +128,14 @@ impl Sink for PgSink {
     ) -> Result<(), ConnectorError> {
         let mut client = self.take_client().await?;
         let result = async {
-            let tx = client
-                .transaction()
-                .await
-                .map_err(|e| pg_error("starting a target transaction", e))?;
+            let tx = client.transaction().await.map_err(|e| pg_error("starting a target transaction", e))?;
             for table in tables {
                 tx.batch_execute(&format!("TRUNCATE {}", quote_table(table)))
                     .await
-                    .map_err(|e| {
-                        pg_error(format_args!("emptying {table} to restart the snapshot"), e)
-                    })?;
+                    .map_err(|e| pg_error(format_args!("emptying {table} to restart the snapshot"), e))?;
             }
             write_checkpoint(&tx, &mut self.state, pipeline, checkpoint).await?;
-            tx.commit()
-                .await
-                .map_err(|e| pg_error("committing the snapshot reset", e))
+            tx.commit().await.map_err(|e| pg_error("committing the snapshot reset", e))
         }
         .await;
         self.put_back(client, result)
@@ -170,19 +144,34 @@ impl Sink for PgSink {
     async fn apply(&mut self, batch: &ApplyBatch) -> Result<ApplyReport, ConnectorError> {
         let mut client = self.take_client().await?;
         let result = async {
-            let tx = client
-                .transaction()
-                .await
-                .map_err(|e| pg_error("starting a target transaction", e))?;
+            let tx = client.transaction().await.map_err(|e| pg_error("starting a target transaction", e))?;
             let mut report = ApplyReport::default();
             for changes in &batch.tables {
                 report.rows_written += apply_table(&tx, &mut self.state, changes).await?;
             }
-            write_dead_letters(&tx, &mut self.state, batch).await?;
+            write_dead_letters(&tx, &mut self.state, &batch.pipeline, &batch.dead_letters).await?;
             write_checkpoint(&tx, &mut self.state, &batch.pipeline, &batch.checkpoint).await?;
-            tx.commit()
-                .await
-                .map_err(|e| pg_error("committing the batch", e))?;
+            tx.commit().await.map_err(|e| pg_error("committing the batch", e))?;
+            Ok(report)
+        }
+        .await;
+        self.put_back(client, result)
+    }
+
+    async fn apply_isolating(&mut self, batch: &ApplyBatch) -> Result<ApplyReport, ConnectorError> {
+        let mut client = self.take_client().await?;
+        let result = async {
+            let tx = client.transaction().await.map_err(|e| pg_error("starting a target transaction", e))?;
+            let mut report = ApplyReport::default();
+            let mut dead_letters = batch.dead_letters.clone();
+            for changes in &batch.tables {
+                report.rows_written +=
+                    apply_table_isolating(&tx, &mut self.state, batch, changes, &mut dead_letters).await?;
+            }
+            report.dead_letters = (dead_letters.len() - batch.dead_letters.len()) as u64;
+            write_dead_letters(&tx, &mut self.state, &batch.pipeline, &dead_letters).await?;
+            write_checkpoint(&tx, &mut self.state, &batch.pipeline, &batch.checkpoint).await?;
+            tx.commit().await.map_err(|e| pg_error("committing the batch", e))?;
             Ok(report)
         }
         .await;
@@ -190,18 +179,11 @@ impl Sink for PgSink {
     }
 }
 
-async fn statement(
-    tx: &Transaction<'_>,
-    state: &mut SinkState,
-    sql: String,
-) -> Result<Statement, ConnectorError> {
+async fn statement(tx: &Transaction<'_>, state: &mut SinkState, sql: String) -> Result<Statement, ConnectorError> {
     if let Some(statement) = state.statements.get(&sql) {
         return Ok(statement.clone());
     }
-    let statement = tx
-        .prepare(&sql)
-        .await
-        .map_err(|e| pg_error(format_args!("preparing `{sql}`"), e))?;
+    let statement = tx.prepare(&sql).await.map_err(|e| pg_error(format_args!("preparing `{sql}`"), e))?;
     state.statements.insert(sql, statement.clone());
     Ok(statement)
 }
@@ -217,43 +199,29 @@ async fn write_checkpoint(
                source_position = EXCLUDED.source_position, snapshot_complete = EXCLUDED.snapshot_complete, \
                updated_at = now()";
     let st = statement(tx, state, sql.to_string()).await?;
-    tx.execute(
-        &st,
-        &[
-            &pipeline,
-            &checkpoint.position,
-            &checkpoint.snapshot_complete,
-        ],
-    )
-    .await
-    .map_err(|e| pg_error("writing the checkpoint", e))?;
+    tx.execute(&st, &[&pipeline, &checkpoint.position, &checkpoint.snapshot_complete])
+        .await
+        .map_err(|e| pg_error("writing the checkpoint", e))?;
     Ok(())
 }
 
 async fn write_dead_letters(
     tx: &Transaction<'_>,
     state: &mut SinkState,
-    batch: &ApplyBatch,
+    pipeline: &str,
+    dead_letters: &[tidewater_core::DeadLetter],
 ) -> Result<(), ConnectorError> {
-    if batch.dead_letters.is_empty() {
+    if dead_letters.is_empty() {
         return Ok(());
     }
     let sql = "INSERT INTO public.tidewater_dead_letters \
                (pipeline, source_position, source_table, target_table, op, payload, error) \
                VALUES ($1, $2, $3, $4, $5, $6, $7)";
     let st = statement(tx, state, sql.to_string()).await?;
-    for dl in &batch.dead_letters {
+    for dl in dead_letters {
         tx.execute(
             &st,
-            &[
-                &batch.pipeline,
-                &dl.source_position,
-                &dl.source_table,
-                &dl.target_table,
-                &dl.op,
-                &dl.payload,
-                &dl.error,
-            ],
+            &[&pipeline, &dl.source_position, &dl.source_table, &dl.target_table, &dl.op, &dl.payload, &dl.error],
         )
         .await
         .map_err(|e| pg_error("writing a dead letter", e))?;
@@ -267,164 +235,187 @@ async fn apply_table(
     state: &mut SinkState,
     changes: &TableChanges,
 ) -> Result<u64, ConnectorError> {
-    let schema = &changes.schema;
+    prepare_segment(tx, state, changes).await?;
+    let deletes: Vec<&Vec<Value>> = changes.deletes.iter().collect();
+    let upserts: Vec<&Vec<Value>> = changes.upserts.iter().collect();
+    let mut rows = apply_rows(tx, state, changes, RowKind::Delete, &deletes).await?;
+    rows += apply_rows(tx, state, changes, RowKind::Upsert, &upserts).await?;
+    Ok(rows)
+}
+
+/// Reconciles the target table with the segment's schema and runs its truncate.
+async fn prepare_segment(
+    tx: &Transaction<'_>,
+    state: &mut SinkState,
+    changes: &TableChanges,
+) -> Result<(), ConnectorError> {
     let target = &changes.target;
-    if state.reconciled.get(target).is_none_or(|s| **s != **schema) {
-        reconcile(tx, state, schema, target).await?;
+    if state.reconciled.get(target).is_none_or(|s| **s != *changes.schema) {
+        reconcile(tx, state, &changes.schema, target).await?;
     }
-    let table = quote_table(target);
-    let mut rows = 0;
     if changes.truncate {
-        tx.batch_execute(&format!("TRUNCATE {table}"))
+        tx.batch_execute(&format!("TRUNCATE {}", quote_table(target)))
             .await
             .map_err(|e| pg_error(format_args!("truncating {target}"), e))?;
     }
-    let casts = cast_types(state, schema, target)?;
-    if !changes.deletes.is_empty() {
-        let key_cols: Vec<usize> = schema.key.clone();
-        let sql = format!(
-            "DELETE FROM {table} AS t USING {} WHERE {}",
-            unnest_from(&key_cols, &casts),
-            key_cols
-                .iter()
-                .map(|&i| format!(
-                    "t.{} = u.c{i}::{}",
-                    quote_ident(&schema.columns[i].name),
-                    casts[i]
-                ))
-                .collect::<Vec<_>>()
-                .join(" AND ")
-        );
-        let st = statement(tx, state, sql).await?;
-        let arrays = column_arrays(&changes.deletes, &key_cols);
-        rows += execute_arrays(tx, &st, &arrays)
-            .await
-            .map_err(|e| e.context(format_args!("deleting from {target}")))?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RowKind {
+    Delete,
+    Upsert,
+}
+
+/// Applies `rows` (distinct keys) of one kind with set-based statements.
+async fn apply_rows(
+    tx: &Transaction<'_>,
+    state: &mut SinkState,
+    changes: &TableChanges,
+    kind: RowKind,
+    rows: &[&Vec<Value>],
+) -> Result<u64, ConnectorError> {
+    if rows.is_empty() {
+        return Ok(0);
     }
-    let (full, partial): (Vec<&Vec<Value>>, Vec<&Vec<Value>>) = changes
-        .upserts
-        .iter()
-        .partition(|row| !row.iter().any(|v| matches!(v, Value::Unchanged)));
+    let schema = &changes.schema;
+    let target = &changes.target;
+    let table = quote_table(target);
+    let casts = cast_types(state, schema, target)?;
+    let key_match = |alias: &str| {
+        schema
+            .key
+            .iter()
+            .map(|&i| format!("{alias}.{} = u.c{i}::{}", quote_ident(&schema.columns[i].name), casts[i]))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    if kind == RowKind::Delete {
+        let sql = format!("DELETE FROM {table} AS t USING {} WHERE {}", unnest_from(&schema.key), key_match("t"));
+        let st = statement(tx, state, sql).await?;
+        let arrays = column_arrays(rows.iter().copied(), &schema.key);
+        return execute_arrays(tx, &st, &arrays).await.map_err(|e| e.context(format_args!("deleting from {target}")));
+    }
+    let mut written = 0;
+    let (full, partial): (Vec<&Vec<Value>>, Vec<&Vec<Value>>) =
+        rows.iter().partition(|row| !row.iter().any(|v| matches!(v, Value::Unchanged)));
     if !full.is_empty() {
         let all: Vec<usize> = (0..schema.columns.len()).collect();
-        let non_key: Vec<usize> = all
-            .iter()
-            .copied()
-            .filter(|i| !schema.key.contains(i))
-            .collect();
+        let non_key: Vec<usize> = all.iter().copied().filter(|i| !schema.key.contains(i)).collect();
         let conflict = if non_key.is_empty() {
             "DO NOTHING".to_string()
         } else {
-            format!(
-                "DO UPDATE SET {}",
-                non_key
-                    .iter()
-                    .map(|&i| {
-                        let c = quote_ident(&schema.columns[i].name);
-                        format!("{c} = EXCLUDED.{c}")
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
+            let sets = non_key
+                .iter()
+                .map(|&i| {
+                    let c = quote_ident(&schema.columns[i].name);
+                    format!("{c} = EXCLUDED.{c}")
+                })
+                .collect::<Vec<_>>();
+            format!("DO UPDATE SET {}", sets.join(", "))
         };
         let sql = format!(
             "INSERT INTO {table} ({}) SELECT {} FROM {} ON CONFLICT ({}) {conflict}",
-            all.iter()
-                .map(|&i| quote_ident(&schema.columns[i].name))
-                .collect::<Vec<_>>()
-                .join(", "),
-            all.iter()
-                .map(|&i| format!("u.c{i}::{}", casts[i]))
-                .collect::<Vec<_>>()
-                .join(", "),
-            unnest_from(&all, &casts),
-            schema
-                .key
-                .iter()
-                .map(|&i| quote_ident(&schema.columns[i].name))
-                .collect::<Vec<_>>()
-                .join(", "),
+            all.iter().map(|&i| quote_ident(&schema.columns[i].name)).collect::<Vec<_>>().join(", "),
+            all.iter().map(|&i| format!("u.c{i}::{}", casts[i])).collect::<Vec<_>>().join(", "),
+            unnest_from(&all),
+            schema.key.iter().map(|&i| quote_ident(&schema.columns[i].name)).collect::<Vec<_>>().join(", "),
         );
         let st = statement(tx, state, sql).await?;
         let arrays = column_arrays(full.iter().copied(), &all);
-        rows += execute_arrays(tx, &st, &arrays)
-            .await
-            .map_err(|e| e.context(format_args!("upserting into {target}")))?;
+        written +=
+            execute_arrays(tx, &st, &arrays).await.map_err(|e| e.context(format_args!("upserting into {target}")))?;
     }
     // Rows with unchanged TOAST columns: update only the columns that were sent, grouped
     // by which columns those are.
     let mut by_mask: HashMap<Vec<bool>, Vec<&Vec<Value>>> = HashMap::new();
     for row in partial {
-        by_mask
-            .entry(row.iter().map(|v| !matches!(v, Value::Unchanged)).collect())
-            .or_default()
-            .push(row);
+        by_mask.entry(row.iter().map(|v| !matches!(v, Value::Unchanged)).collect()).or_default().push(row);
     }
     for (mask, group) in by_mask {
-        let set_cols: Vec<usize> = (0..schema.columns.len())
-            .filter(|i| mask[*i] && !schema.key.contains(i))
-            .collect();
+        let set_cols: Vec<usize> = (0..schema.columns.len()).filter(|i| mask[*i] && !schema.key.contains(i)).collect();
         if set_cols.is_empty() {
             continue;
         }
-        let used: Vec<usize> = schema
-            .key
-            .iter()
-            .copied()
-            .chain(set_cols.iter().copied())
-            .collect();
+        let used: Vec<usize> = schema.key.iter().copied().chain(set_cols.iter().copied()).collect();
         let sql = format!(
             "UPDATE {table} AS t SET {} FROM {} WHERE {}",
             set_cols
                 .iter()
-                .map(|&i| format!(
-                    "{} = u.c{i}::{}",
-                    quote_ident(&schema.columns[i].name),
-                    casts[i]
-                ))
+                .map(|&i| format!("{} = u.c{i}::{}", quote_ident(&schema.columns[i].name), casts[i]))
                 .collect::<Vec<_>>()
                 .join(", "),
-            unnest_from(&used, &casts),
-            schema
-                .key
-                .iter()
-                .map(|&i| format!(
-                    "t.{} = u.c{i}::{}",
-                    quote_ident(&schema.columns[i].name),
-                    casts[i]
-                ))
-                .collect::<Vec<_>>()
-                .join(" AND "),
+            unnest_from(&used),
+            key_match("t"),
         );
         let st = statement(tx, state, sql).await?;
         let arrays = column_arrays(group.iter().copied(), &used);
-        rows += execute_arrays(tx, &st, &arrays)
-            .await
-            .map_err(|e| e.context(format_args!("updating {target}")))?;
+        written += execute_arrays(tx, &st, &arrays).await.map_err(|e| e.context(format_args!("updating {target}")))?;
     }
-    Ok(rows)
+    Ok(written)
+}
+
+/// Applies a segment's rows, setting aside each row the target rejects: a failing group
+/// is rolled back to its savepoint and split in half until the failing rows stand alone.
+/// Keys are distinct, so applying subsets in any order ends in the same state.
+async fn apply_table_isolating(
+    tx: &Transaction<'_>,
+    state: &mut SinkState,
+    batch: &ApplyBatch,
+    changes: &TableChanges,
+    dead_letters: &mut Vec<tidewater_core::DeadLetter>,
+) -> Result<u64, ConnectorError> {
+    prepare_segment(tx, state, changes).await?;
+    let mut written = 0;
+    for (kind, rows, origins) in [
+        (RowKind::Delete, &changes.deletes, &changes.delete_origins),
+        (RowKind::Upsert, &changes.upserts, &changes.upsert_origins),
+    ] {
+        let mut pending: Vec<std::ops::Range<usize>> = Vec::new();
+        pending.push(0..rows.len());
+        while let Some(range) = pending.pop() {
+            if range.is_empty() {
+                continue;
+            }
+            let group: Vec<&Vec<Value>> = rows[range.clone()].iter().collect();
+            tx.batch_execute("SAVEPOINT tidewater_row").await.map_err(|e| pg_error("setting a savepoint", e))?;
+            match apply_rows(tx, state, changes, kind, &group).await {
+                Ok(n) => {
+                    written += n;
+                    tx.batch_execute("RELEASE SAVEPOINT tidewater_row")
+                        .await
+                        .map_err(|e| pg_error("releasing a savepoint", e))?;
+                }
+                Err(e) if e.class == tidewater_core::ErrorClass::Event => {
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT tidewater_row")
+                        .await
+                        .map_err(|e| pg_error("rolling back to a savepoint", e))?;
+                    if range.len() == 1 {
+                        let origin = origins.get(range.start).copied();
+                        dead_letters.push(changes.dead_letter(batch, &rows[range.start], origin, e.to_string()));
+                    } else {
+                        let mid = range.start + range.len() / 2;
+                        pending.push(mid..range.end);
+                        pending.push(range.start..mid);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(written)
 }
 
 /// `unnest($1::text[], $2::text[], ...) AS u(c3, c5, ...)` for the given column indexes.
-fn unnest_from(columns: &[usize], _casts: &[String]) -> String {
+fn unnest_from(columns: &[usize]) -> String {
     format!(
         "unnest({}) AS u({})",
-        (1..=columns.len())
-            .map(|n| format!("${n}::text[]"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        columns
-            .iter()
-            .map(|i| format!("c{i}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        (1..=columns.len()).map(|n| format!("${n}::text[]")).collect::<Vec<_>>().join(", "),
+        columns.iter().map(|i| format!("c{i}")).collect::<Vec<_>>().join(", ")
     )
 }
 
-fn column_arrays<'a>(
-    rows: impl IntoIterator<Item = &'a Vec<Value>>,
-    columns: &[usize],
-) -> Vec<Vec<Option<String>>> {
+fn column_arrays<'a>(rows: impl IntoIterator<Item = &'a Vec<Value>>, columns: &[usize]) -> Vec<Vec<Option<String>>> {
     let mut arrays: Vec<Vec<Option<String>>> = vec![Vec::new(); columns.len()];
     for row in rows {
         for (array, &i) in arrays.iter_mut().zip(columns) {
@@ -439,20 +430,12 @@ async fn execute_arrays(
     st: &Statement,
     arrays: &[Vec<Option<String>>],
 ) -> Result<u64, ConnectorError> {
-    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
-        .iter()
-        .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
-        .collect();
-    tx.execute(st, &params)
-        .await
-        .map_err(|e| pg_error("applying changes", e))
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        arrays.iter().map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+    tx.execute(st, &params).await.map_err(|e| pg_error("applying changes", e))
 }
 
-fn cast_types(
-    state: &SinkState,
-    schema: &TableSchema,
-    target: &TableId,
-) -> Result<Vec<String>, ConnectorError> {
+fn cast_types(state: &SinkState, schema: &TableSchema, target: &TableId) -> Result<Vec<String>, ConnectorError> {
     let table = state
         .targets
         .get(target)
@@ -462,10 +445,7 @@ fn cast_types(
         .iter()
         .map(|c| {
             table.cast_types.get(&c.name).cloned().ok_or_else(|| {
-                ConnectorError::fatal(format!(
-                    "target table {target} has no column {} (added at the source?)",
-                    c.name
-                ))
+                ConnectorError::fatal(format!("target table {target} has no column {} (added at the source?)", c.name))
             })
         })
         .collect()
@@ -491,17 +471,9 @@ async fn reconcile(
         let declared = target_type(schema, column);
         match existing.iter().find(|(name, _, _)| name == &column.name) {
             None => {
-                tx.batch_execute(&format!(
-                    "ALTER TABLE {qtable} ADD COLUMN {} {declared}",
-                    quote_ident(&column.name)
-                ))
-                .await
-                .map_err(|e| {
-                    pg_error(
-                        format_args!("adding column {} to target table {target}", column.name),
-                        e,
-                    )
-                })?;
+                tx.batch_execute(&format!("ALTER TABLE {qtable} ADD COLUMN {} {declared}", quote_ident(&column.name)))
+                    .await
+                    .map_err(|e| pg_error(format_args!("adding column {} to target table {target}", column.name), e))?;
                 tracing::info!(table = %target, column = %column.name, "added column to target table");
                 altered = true;
             }
@@ -509,10 +481,7 @@ async fn reconcile(
                 // Follow a type change made at the source while streaming; a pre-existing
                 // target table with different (compatible) types is left as the user made it.
                 let changed_at_source = previous.as_ref().and_then(|p| {
-                    p.columns
-                        .iter()
-                        .find(|c| c.name == column.name)
-                        .filter(|c| c.native_type != column.native_type)
+                    p.columns.iter().find(|c| c.name == column.name).filter(|c| c.native_type != column.native_type)
                 });
                 if let Some(old) = changed_at_source {
                     if schema.engine == Engine::Postgres && full_type != &declared {
@@ -566,28 +535,13 @@ async fn load_target_columns(
         )
         .await
         .map_err(|e| pg_error(format_args!("reading target table {target}"), e))?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect())
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
 }
 
-async fn create_table(
-    tx: &Transaction<'_>,
-    schema: &TableSchema,
-    target: &TableId,
-) -> Result<(), ConnectorError> {
-    tx.batch_execute(&format!(
-        "CREATE SCHEMA IF NOT EXISTS {}",
-        quote_ident(&target.schema)
-    ))
-    .await
-    .map_err(|e| {
-        pg_error(
-            format_args!("creating schema {} on the target", target.schema),
-            e,
-        )
-    })?;
+async fn create_table(tx: &Transaction<'_>, schema: &TableSchema, target: &TableId) -> Result<(), ConnectorError> {
+    tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&target.schema)))
+        .await
+        .map_err(|e| pg_error(format_args!("creating schema {} on the target", target.schema), e))?;
     for (type_name, labels) in &schema.enum_labels {
         let exists = tx
             .query_one("SELECT to_regtype($1) IS NOT NULL", &[type_name])
@@ -596,48 +550,24 @@ async fn create_table(
             .get::<_, bool>(0);
         if !exists {
             // Labels are values, but CREATE TYPE takes no parameters: quote them as literals.
-            let labels = labels
-                .iter()
-                .map(|l| format!("'{}'", l.replace('\'', "''")))
-                .collect::<Vec<_>>();
+            let labels = labels.iter().map(|l| format!("'{}'", l.replace('\'', "''"))).collect::<Vec<_>>();
             let schema_part = type_name.split_once("\".\"").map(|(s, _)| format!("{s}\""));
             if let Some(nsp) = schema_part {
                 tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {nsp}"))
                     .await
                     .map_err(|e| pg_error("creating the enum type's schema on the target", e))?;
             }
-            tx.batch_execute(&format!(
-                "CREATE TYPE {type_name} AS ENUM ({})",
-                labels.join(", ")
-            ))
-            .await
-            .map_err(|e| {
-                pg_error(
-                    format_args!("creating enum type {type_name} on the target"),
-                    e,
-                )
-            })?;
+            tx.batch_execute(&format!("CREATE TYPE {type_name} AS ENUM ({})", labels.join(", ")))
+                .await
+                .map_err(|e| pg_error(format_args!("creating enum type {type_name} on the target"), e))?;
         }
     }
-    let columns: Vec<String> = schema
-        .columns
-        .iter()
-        .map(|c| format!("{} {}", quote_ident(&c.name), target_type(schema, c)))
-        .collect();
-    let key: Vec<String> = schema
-        .key
-        .iter()
-        .map(|&i| quote_ident(&schema.columns[i].name))
-        .collect();
-    let sql = format!(
-        "CREATE TABLE {} ({}, PRIMARY KEY ({}))",
-        quote_table(target),
-        columns.join(", "),
-        key.join(", ")
-    );
-    tx.batch_execute(&sql)
-        .await
-        .map_err(|e| pg_error(format_args!("creating target table {target}"), e))?;
+    let columns: Vec<String> =
+        schema.columns.iter().map(|c| format!("{} {}", quote_ident(&c.name), target_type(schema, c))).collect();
+    let key: Vec<String> = schema.key.iter().map(|&i| quote_ident(&schema.columns[i].name)).collect();
+    let sql =
+        format!("CREATE TABLE {} ({}, PRIMARY KEY ({}))", quote_table(target), columns.join(", "), key.join(", "));
+    tx.batch_execute(&sql).await.map_err(|e| pg_error(format_args!("creating target table {target}"), e))?;
     tracing::info!(table = %target, "created target table");
     Ok(())
 }
@@ -655,17 +585,11 @@ fn target_type(schema: &TableSchema, column: &tidewater_core::Column) -> String 
         ColumnType::UInt64 => "numeric(20)".into(),
         ColumnType::Float32 => "real".into(),
         ColumnType::Float64 => "double precision".into(),
-        ColumnType::Numeric {
-            precision: Some(p),
-            scale,
-        } => format!("numeric({p},{})", scale.unwrap_or(0)),
+        ColumnType::Numeric { precision: Some(p), scale } => format!("numeric({p},{})", scale.unwrap_or(0)),
         ColumnType::Numeric { .. } => "numeric".into(),
         ColumnType::Varchar(Some(n)) => format!("varchar({n})"),
         ColumnType::Char(Some(n)) => format!("char({n})"),
-        ColumnType::Text
-        | ColumnType::Varchar(None)
-        | ColumnType::Char(None)
-        | ColumnType::Enum => "text".into(),
+        ColumnType::Text | ColumnType::Varchar(None) | ColumnType::Char(None) | ColumnType::Enum => "text".into(),
         ColumnType::Bytes => "bytea".into(),
         ColumnType::Json | ColumnType::Jsonb | ColumnType::Array => "jsonb".into(),
         ColumnType::Uuid => "uuid".into(),

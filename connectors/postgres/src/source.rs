@@ -37,8 +37,8 @@ use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
 use futures_util::StreamExt;
 use tidewater_core::{
-    ChangeEvent, Checkpoint, ColumnType, ConnectorError, ErrorClass, Op, SnapshotChunk, Source,
-    SourceItem, SourceProgress, StreamHandle, TableId, TableSchema, Transaction, Value,
+    ChangeEvent, Checkpoint, ColumnType, ConnectorError, ErrorClass, Op, SnapshotChunk, Source, SourceItem,
+    SourceProgress, StreamHandle, TableId, TableSchema, Transaction, Value,
 };
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_postgres::Client;
@@ -47,8 +47,7 @@ use crate::catalog::{resolve_tables, table_schema};
 use crate::conn::{connect, PgEndpoint};
 use crate::pgoutput::{self, LogicalMessage, TupleData, TupleValue};
 use crate::replication::{
-    format_lsn, parse_lsn, ReplicationConfig, ReplicationConnection, ReplicationError,
-    ReplicationMessage,
+    format_lsn, parse_lsn, ReplicationConfig, ReplicationConnection, ReplicationError, ReplicationMessage,
 };
 use crate::sql::{classify_sqlstate, pg_error, quote_ident, quote_literal, quote_table};
 use crate::types::decode_text;
@@ -97,12 +96,7 @@ pub fn repl_error(what: impl std::fmt::Display, e: ReplicationError) -> Connecto
 
 impl PgSource {
     pub fn new(cfg: PgSourceConfig) -> Self {
-        PgSource {
-            cfg,
-            client: None,
-            tables: Vec::new(),
-            snapshot: None,
-        }
+        PgSource { cfg, client: None, tables: Vec::new(), snapshot: None }
     }
 
     async fn client(&mut self) -> Result<Arc<Client>, ConnectorError> {
@@ -134,17 +128,9 @@ impl PgSource {
     }
 
     async fn replication_connection(&self) -> Result<ReplicationConnection, ConnectorError> {
-        ReplicationConnection::connect(&self.replication_config())
-            .await
-            .map_err(|e| {
-                repl_error(
-                    format_args!(
-                        "opening a replication connection to source {}",
-                        self.cfg.source_name
-                    ),
-                    e,
-                )
-            })
+        ReplicationConnection::connect(&self.replication_config()).await.map_err(|e| {
+            repl_error(format_args!("opening a replication connection to source {}", self.cfg.source_name), e)
+        })
     }
 
     async fn slot_state(&mut self) -> Result<Option<SlotState>, ConnectorError> {
@@ -173,20 +159,13 @@ impl PgSource {
         let client = self.client().await?;
         if let Some(pid) = state.active_pid {
             // A previous run of this pipeline that died; its walsender may linger.
-            let _ = client
-                .execute("SELECT pg_terminate_backend($1)", &[&pid])
-                .await;
+            let _ = client.execute("SELECT pg_terminate_backend($1)", &[&pid]).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         client
             .execute("SELECT pg_drop_replication_slot($1)", &[&self.cfg.slot])
             .await
-            .map_err(|e| {
-                pg_error(
-                    format_args!("dropping unfinished snapshot's slot {}", self.cfg.slot),
-                    e,
-                )
-            })?;
+            .map_err(|e| pg_error(format_args!("dropping unfinished snapshot's slot {}", self.cfg.slot), e))?;
         Ok(())
     }
 
@@ -195,29 +174,17 @@ impl PgSource {
         export_snapshot: bool,
     ) -> Result<(ReplicationConnection, String, Option<String>), ConnectorError> {
         let mut repl = self.replication_connection().await?;
-        let mode = if export_snapshot {
-            "EXPORT_SNAPSHOT"
-        } else {
-            "NOEXPORT_SNAPSHOT"
-        };
+        let mode = if export_snapshot { "EXPORT_SNAPSHOT" } else { "NOEXPORT_SNAPSHOT" };
         let rows = repl
-            .simple_query(&format!(
-                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {mode}",
-                quote_ident(&self.cfg.slot)
-            ))
+            .simple_query(&format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {mode}", quote_ident(&self.cfg.slot)))
             .await
-            .map_err(|e| {
-                repl_error(
-                    format_args!("creating replication slot {}", self.cfg.slot),
-                    e,
-                )
-            })?;
-        let row = rows
-            .first()
-            .ok_or_else(|| ConnectorError::fatal("CREATE_REPLICATION_SLOT returned no row"))?;
-        let consistent_point = row.get(1).cloned().flatten().ok_or_else(|| {
-            ConnectorError::fatal("CREATE_REPLICATION_SLOT returned no consistent point")
-        })?;
+            .map_err(|e| repl_error(format_args!("creating replication slot {}", self.cfg.slot), e))?;
+        let row = rows.first().ok_or_else(|| ConnectorError::fatal("CREATE_REPLICATION_SLOT returned no row"))?;
+        let consistent_point = row
+            .get(1)
+            .cloned()
+            .flatten()
+            .ok_or_else(|| ConnectorError::fatal("CREATE_REPLICATION_SLOT returned no consistent point"))?;
         let snapshot_name = row.get(2).cloned().flatten();
         tracing::info!(slot = %self.cfg.slot, position = %consistent_point, "created replication slot");
         Ok((repl, consistent_point, snapshot_name))
@@ -226,12 +193,7 @@ impl PgSource {
     async fn ensure_publication(&mut self) -> Result<(), ConnectorError> {
         let client = self.client().await?;
         let publication = &self.cfg.publication;
-        let table_list = self
-            .tables
-            .iter()
-            .map(|(t, _)| quote_table(t))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let table_list = self.tables.iter().map(|(t, _)| quote_table(t)).collect::<Vec<_>>().join(", ");
         let how_to = format!(
             "the source user must own the tables, or create it yourself: CREATE PUBLICATION {} FOR TABLE {table_list}",
             quote_ident(publication)
@@ -246,17 +208,9 @@ impl PgSource {
         match exists {
             None => {
                 client
-                    .batch_execute(&format!(
-                        "CREATE PUBLICATION {} FOR TABLE {table_list}",
-                        quote_ident(publication)
-                    ))
+                    .batch_execute(&format!("CREATE PUBLICATION {} FOR TABLE {table_list}", quote_ident(publication)))
                     .await
-                    .map_err(|e| {
-                        pg_error(
-                            format_args!("creating publication {publication} ({how_to})"),
-                            e,
-                        )
-                    })?;
+                    .map_err(|e| pg_error(format_args!("creating publication {publication} ({how_to})"), e))?;
                 tracing::info!(publication = %publication, "created publication");
             }
             Some(row) => {
@@ -281,12 +235,7 @@ impl PgSource {
                             quote_ident(publication)
                         ))
                         .await
-                        .map_err(|e| {
-                            pg_error(
-                                format_args!("updating publication {publication} ({how_to})"),
-                                e,
-                            )
-                        })?;
+                        .map_err(|e| pg_error(format_args!("updating publication {publication} ({how_to})"), e))?;
                     tracing::info!(publication = %publication, "publication now matches the configured tables");
                 }
                 if !row.get::<_, bool>(0) {
@@ -318,11 +267,8 @@ impl Source for PgSource {
     async fn prepare(&mut self) -> Result<Vec<Arc<TableSchema>>, ConnectorError> {
         let name = self.cfg.source_name.clone();
         let client = self.client().await?;
-        let wal_level: String = client
-            .query_one("SHOW wal_level", &[])
-            .await
-            .map_err(|e| pg_error("reading wal_level", e))?
-            .get(0);
+        let wal_level: String =
+            client.query_one("SHOW wal_level", &[]).await.map_err(|e| pg_error("reading wal_level", e))?.get(0);
         if wal_level != "logical" {
             return Err(ConnectorError::fatal(format!(
                 "source {name}: wal_level is {wal_level}, logical replication needs wal_level = logical \
@@ -330,10 +276,7 @@ impl Source for PgSource {
             )));
         }
         let can_replicate: bool = client
-            .query_one(
-                "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
-                &[],
-            )
+            .query_one("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user", &[])
             .await
             .map_err(|e| pg_error("reading role attributes", e))?
             .get(0);
@@ -368,11 +311,8 @@ impl Source for PgSource {
         self.snapshot = None;
         self.drop_slot().await?;
         let (exporter, position, snapshot_name) = self.create_slot(true).await?;
-        let snapshot_name = snapshot_name.ok_or_else(|| {
-            ConnectorError::fatal(
-                "CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT returned no snapshot",
-            )
-        })?;
+        let snapshot_name = snapshot_name
+            .ok_or_else(|| ConnectorError::fatal("CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT returned no snapshot"))?;
         let reader = connect(&self.cfg.endpoint).await?;
         reader
             .batch_execute(&format!(
@@ -381,10 +321,7 @@ impl Source for PgSource {
             ))
             .await
             .map_err(|e| pg_error("importing the slot's snapshot", e))?;
-        self.snapshot = Some(SnapshotSession {
-            _exporter: exporter,
-            reader,
-        });
+        self.snapshot = Some(SnapshotSession { _exporter: exporter, reader });
         Ok(position)
     }
 
@@ -398,18 +335,10 @@ impl Source for PgSource {
             .snapshot
             .as_ref()
             .ok_or_else(|| ConnectorError::fatal("snapshot_table called without begin_snapshot"))?;
-        let columns = table
-            .columns
-            .iter()
-            .map(|c| quote_ident(&c.name))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let columns = table.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
         let sql = format!("COPY {} ({columns}) TO STDOUT", quote_table(&table.id));
-        let stream = session
-            .reader
-            .copy_out(&sql)
-            .await
-            .map_err(|e| pg_error(format_args!("copying {}", table.id), e))?;
+        let stream =
+            session.reader.copy_out(&sql).await.map_err(|e| pg_error(format_args!("copying {}", table.id), e))?;
         futures_util::pin_mut!(stream);
         let kinds: Vec<ColumnType> = table.columns.iter().map(|c| c.kind.clone()).collect();
         let mut buf = BytesMut::new();
@@ -420,10 +349,7 @@ impl Source for PgSource {
             while let Some(end) = buf.iter().position(|&b| b == b'\n') {
                 let line = buf.split_to(end + 1);
                 rows.push(parse_copy_line(&line[..end], &kinds).map_err(|e| {
-                    ConnectorError::fatal(format!(
-                        "snapshot of {}: cannot decode a row: {e}",
-                        table.id
-                    ))
+                    ConnectorError::fatal(format!("snapshot of {}: cannot decode a row: {e}", table.id))
                 })?);
                 if rows.len() >= chunk_rows {
                     let full = std::mem::replace(&mut rows, Vec::with_capacity(chunk_rows));
@@ -432,10 +358,7 @@ impl Source for PgSource {
             }
         }
         if buf.has_remaining() {
-            return Err(ConnectorError::transient(format!(
-                "snapshot of {}: COPY ended mid-row",
-                table.id
-            )));
+            return Err(ConnectorError::transient(format!("snapshot of {}: COPY ended mid-row", table.id)));
         }
         if !rows.is_empty() {
             send_chunk(out, table, rows).await?;
@@ -456,12 +379,10 @@ impl Source for PgSource {
         let name = self.cfg.source_name.clone();
         let slot = self.cfg.slot.clone();
         let start_lsn = parse_lsn(&after.position).ok_or_else(|| {
-            ConnectorError::fatal(format!(
-                "checkpoint position {:?} is not a Postgres LSN",
-                after.position
-            ))
+            ConnectorError::fatal(format!("checkpoint position {:?} is not a Postgres LSN", after.position))
         })?;
-        let resync = "delete this pipeline's row from tidewater_checkpoints in the target and restart to take a new snapshot";
+        let resync =
+            "delete this pipeline's row from tidewater_checkpoints in the target and restart to take a new snapshot";
         let state = self.slot_state().await?.ok_or_else(|| {
             ConnectorError::fatal(format!(
                 "replication slot {slot} does not exist on source {name} (dropped?): changes since {} cannot be streamed; {resync}",
@@ -497,15 +418,10 @@ impl Source for PgSource {
             quote_ident(&slot),
             format_lsn(start_lsn)
         );
-        let (stream, mut writer) = repl.start_copy_both(&sql).await.map_err(|e| {
-            repl_error(
-                format_args!(
-                    "starting replication from slot {slot} at {}",
-                    after.position
-                ),
-                e,
-            )
-        })?;
+        let (stream, mut writer) = repl
+            .start_copy_both(&sql)
+            .await
+            .map_err(|e| repl_error(format_args!("starting replication from slot {slot} at {}", after.position), e))?;
         tracing::info!(slot = %slot, position = %after.position, "streaming started");
 
         let received = Arc::new(AtomicU64::new(start_lsn));
@@ -553,10 +469,9 @@ impl Source for PgSource {
                         .map_err(|e| pg_error("polling the source WAL position", e))?
                         .get(0);
                     if let Some(head_lsn) = parse_lsn(&head) {
-                        progress.lag_bytes.store(
-                            head_lsn.saturating_sub(acked.load(Ordering::SeqCst)),
-                            Ordering::Relaxed,
-                        );
+                        progress
+                            .lag_bytes
+                            .store(head_lsn.saturating_sub(acked.load(Ordering::SeqCst)), Ordering::Relaxed);
                     }
                     if let Ok(mut slot) = progress.head_position.lock() {
                         *slot = Some(head);
@@ -576,9 +491,7 @@ impl Source for PgSource {
             current: None,
             last_delivered: start_lsn,
         };
-        let task = tokio::spawn(async move {
-            tokio::try_join!(reader.run(), status_writer, poller).map(|_| ())
-        });
+        let task = tokio::spawn(async move { tokio::try_join!(reader.run(), status_writer, poller).map(|_| ()) });
         Ok(StreamHandle { task })
     }
 }
@@ -593,12 +506,9 @@ async fn send_chunk(
     table: &Arc<TableSchema>,
     rows: Vec<Vec<Value>>,
 ) -> Result<(), ConnectorError> {
-    out.send(SnapshotChunk {
-        table: table.clone(),
-        rows,
-    })
-    .await
-    .map_err(|_| ConnectorError::transient("snapshot consumer stopped"))
+    out.send(SnapshotChunk { table: table.clone(), rows })
+        .await
+        .map_err(|_| ConnectorError::transient("snapshot consumer stopped"))
 }
 
 /// Parses one line of `COPY ... TO STDOUT` text format.
@@ -606,9 +516,7 @@ fn parse_copy_line(line: &[u8], kinds: &[ColumnType]) -> Result<Vec<Value>, Stri
     let mut values = Vec::with_capacity(kinds.len());
     let mut field = Vec::new();
     for (n, raw) in line.split(|&b| b == b'\t').enumerate() {
-        let kind = kinds
-            .get(n)
-            .ok_or_else(|| format!("more fields than the {} columns", kinds.len()))?;
+        let kind = kinds.get(n).ok_or_else(|| format!("more fields than the {} columns", kinds.len()))?;
         if raw == b"\\N" {
             values.push(Value::Null);
             continue;
@@ -622,11 +530,7 @@ fn parse_copy_line(line: &[u8], kinds: &[ColumnType]) -> Result<Vec<Value>, Stri
         values.push(decode_text(kind, text)?);
     }
     if values.len() != kinds.len() {
-        return Err(format!(
-            "{} fields for {} columns",
-            values.len(),
-            kinds.len()
-        ));
+        return Err(format!("{} fields for {} columns", values.len(), kinds.len()));
     }
     Ok(values)
 }
@@ -726,23 +630,10 @@ fn pg_epoch_to_system_time(micros: i64) -> SystemTime {
 impl Reader {
     async fn run(mut self) -> Result<(), ConnectorError> {
         loop {
-            let message = self
-                .stream
-                .next()
-                .await
-                .map_err(|e| repl_error("reading the replication stream", e))?;
+            let message = self.stream.next().await.map_err(|e| repl_error("reading the replication stream", e))?;
             match message {
-                None => {
-                    return Err(ConnectorError::transient(
-                        "the source ended the replication stream",
-                    ))
-                }
-                Some(ReplicationMessage::XLogData {
-                    wal_start,
-                    wal_end,
-                    data,
-                    ..
-                }) => {
+                None => return Err(ConnectorError::transient("the source ended the replication stream")),
+                Some(ReplicationMessage::XLogData { wal_start, wal_end, data, .. }) => {
                     self.received.fetch_max(wal_end, Ordering::SeqCst);
                     let decoded = pgoutput::decode(&data).map_err(|e| {
                         ConnectorError::fatal(format!(
@@ -754,24 +645,14 @@ impl Reader {
                         return Ok(());
                     }
                 }
-                Some(ReplicationMessage::Keepalive {
-                    wal_end,
-                    reply_requested,
-                    ..
-                }) => {
+                Some(ReplicationMessage::Keepalive { wal_end, reply_requested, .. }) => {
                     self.received.fetch_max(wal_end, Ordering::SeqCst);
                     if reply_requested {
                         self.reply_now.notify_one();
                     }
                     if self.current.is_none() && wal_end > self.last_delivered {
                         // Best effort: when the engine is busy it will see the next one.
-                        if self
-                            .out
-                            .try_send(SourceItem::Heartbeat {
-                                position: format_lsn(wal_end),
-                            })
-                            .is_ok()
-                        {
+                        if self.out.try_send(SourceItem::Heartbeat { position: format_lsn(wal_end) }).is_ok() {
                             self.last_delivered = wal_end;
                         }
                     }
@@ -784,9 +665,7 @@ impl Reader {
     async fn handle(&mut self, message: LogicalMessage, at: u64) -> Result<bool, ConnectorError> {
         let position = || format_lsn(at);
         match message {
-            LogicalMessage::Begin {
-                commit_time_micros, ..
-            } => {
+            LogicalMessage::Begin { commit_time_micros, .. } => {
                 if self.current.is_some() {
                     return Err(ConnectorError::fatal(format!(
                         "BEGIN inside an open transaction at source position {}",
@@ -798,11 +677,7 @@ impl Reader {
                     events: Vec::new(),
                 });
             }
-            LogicalMessage::Commit {
-                end_lsn,
-                commit_time_micros,
-                ..
-            } => {
+            LogicalMessage::Commit { end_lsn, commit_time_micros, .. } => {
                 let Some(mut tx) = self.current.take() else {
                     return Err(ConnectorError::fatal(format!(
                         "COMMIT without BEGIN at source position {}",
@@ -814,9 +689,7 @@ impl Reader {
                     return Ok(true); // already applied before this stream started
                 }
                 let item = if tx.events.is_empty() {
-                    SourceItem::Heartbeat {
-                        position: format_lsn(end_lsn),
-                    }
+                    SourceItem::Heartbeat { position: format_lsn(end_lsn) }
                 } else {
                     SourceItem::Transaction(Transaction {
                         position: format_lsn(end_lsn),
@@ -847,66 +720,26 @@ impl Reader {
             LogicalMessage::Insert { relation_id, new } => {
                 let table = self.relation(relation_id, at)?;
                 let after = decode_tuple(&table, &new, at)?;
-                self.push(
-                    ChangeEvent {
-                        table,
-                        op: Op::Insert,
-                        before: None,
-                        after: Some(after),
-                    },
-                    at,
-                )?;
+                self.push(ChangeEvent { table, op: Op::Insert, before: None, after: Some(after) }, at)?;
             }
-            LogicalMessage::Update {
-                relation_id,
-                old,
-                new,
-            } => {
+            LogicalMessage::Update { relation_id, old, new } => {
                 let table = self.relation(relation_id, at)?;
-                let before = old
-                    .map(|o| decode_tuple(&table, o.tuple(), at))
-                    .transpose()?;
+                let before = old.map(|o| decode_tuple(&table, o.tuple(), at)).transpose()?;
                 let after = decode_tuple(&table, &new, at)?;
-                self.push(
-                    ChangeEvent {
-                        table,
-                        op: Op::Update,
-                        before,
-                        after: Some(after),
-                    },
-                    at,
-                )?;
+                self.push(ChangeEvent { table, op: Op::Update, before, after: Some(after) }, at)?;
             }
             LogicalMessage::Delete { relation_id, old } => {
                 let table = self.relation(relation_id, at)?;
                 let before = decode_tuple(&table, old.tuple(), at)?;
-                self.push(
-                    ChangeEvent {
-                        table,
-                        op: Op::Delete,
-                        before: Some(before),
-                        after: None,
-                    },
-                    at,
-                )?;
+                self.push(ChangeEvent { table, op: Op::Delete, before: Some(before), after: None }, at)?;
             }
             LogicalMessage::Truncate { relation_ids, .. } => {
                 for relation_id in relation_ids {
                     let table = self.relation(relation_id, at)?;
-                    self.push(
-                        ChangeEvent {
-                            table,
-                            op: Op::Truncate,
-                            before: None,
-                            after: None,
-                        },
-                        at,
-                    )?;
+                    self.push(ChangeEvent { table, op: Op::Truncate, before: None, after: None }, at)?;
                 }
             }
-            LogicalMessage::Origin { .. }
-            | LogicalMessage::Type { .. }
-            | LogicalMessage::Message { .. } => {}
+            LogicalMessage::Origin { .. } | LogicalMessage::Type { .. } | LogicalMessage::Message { .. } => {}
         }
         Ok(true)
     }
@@ -934,11 +767,7 @@ impl Reader {
     }
 }
 
-fn decode_tuple(
-    table: &TableSchema,
-    tuple: &TupleData,
-    at: u64,
-) -> Result<Vec<Value>, ConnectorError> {
+fn decode_tuple(table: &TableSchema, tuple: &TupleData, at: u64) -> Result<Vec<Value>, ConnectorError> {
     if tuple.0.len() != table.columns.len() {
         return Err(ConnectorError::fatal(format!(
             "row of {} has {} columns but its Relation message has {}, at source position {}",
@@ -982,10 +811,7 @@ mod tests {
     fn copy_text_lines_unescape() {
         let kinds = [ColumnType::Int32, ColumnType::Text, ColumnType::Text];
         let row = parse_copy_line(b"7\ta\\tb\\\\c\\nd\t\\N", &kinds).unwrap();
-        assert_eq!(
-            row,
-            vec![Value::Int(7), Value::Text("a\tb\\c\nd".into()), Value::Null]
-        );
+        assert_eq!(row, vec![Value::Int(7), Value::Text("a\tb\\c\nd".into()), Value::Null]);
         assert!(parse_copy_line(b"1\tx", &kinds).is_err());
         let mut out = Vec::new();
         unescape_copy(b"\\101\\x41\\q", &mut out).unwrap();

@@ -92,10 +92,7 @@ mod tests {
     fn identifiers_are_quoted_and_escaped() {
         assert_eq!(quote_ident("orders"), "\"orders\"");
         assert_eq!(quote_ident("we\"ird; drop"), "\"we\"\"ird; drop\"");
-        assert_eq!(
-            quote_table(&TableId::new("Mixed Case", "tä")),
-            "\"Mixed Case\".\"tä\""
-        );
+        assert_eq!(quote_table(&TableId::new("Mixed Case", "tä")), "\"Mixed Case\".\"tä\"");
     }
 
     #[test]

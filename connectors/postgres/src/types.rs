@@ -33,12 +33,7 @@ pub mod oid {
 
 /// The engine-neutral type of a column. `typtype`/`typcategory` come from `pg_type` and
 /// recognise enums and arrays, which have no fixed OIDs.
-pub fn column_type(
-    type_oid: u32,
-    type_modifier: i32,
-    typtype: &str,
-    typcategory: &str,
-) -> ColumnType {
+pub fn column_type(type_oid: u32, type_modifier: i32, typtype: &str, typcategory: &str) -> ColumnType {
     let varlen = || (type_modifier >= 4).then(|| (type_modifier - 4) as u32);
     match type_oid {
         oid::BOOL => ColumnType::Bool,
@@ -51,15 +46,9 @@ pub fn column_type(
         oid::NUMERIC => {
             if type_modifier >= 4 {
                 let m = (type_modifier - 4) as u32;
-                ColumnType::Numeric {
-                    precision: Some((m >> 16) & 0xffff),
-                    scale: Some(m & 0xffff),
-                }
+                ColumnType::Numeric { precision: Some((m >> 16) & 0xffff), scale: Some(m & 0xffff) }
             } else {
-                ColumnType::Numeric {
-                    precision: None,
-                    scale: None,
-                }
+                ColumnType::Numeric { precision: None, scale: None }
             }
         }
         oid::TEXT | oid::NAME => ColumnType::Text,
@@ -105,9 +94,7 @@ pub fn decode_text(kind: &ColumnType, text: &[u8]) -> Result<Value, String> {
         ColumnType::Timestamp => Value::Timestamp(s.to_owned()),
         ColumnType::TimestampTz => Value::TimestampTz(s.to_owned()),
         ColumnType::Interval => Value::Interval(s.to_owned()),
-        ColumnType::Text | ColumnType::Varchar(_) | ColumnType::Char(_) => {
-            Value::Text(s.to_owned())
-        }
+        ColumnType::Text | ColumnType::Varchar(_) | ColumnType::Char(_) => Value::Text(s.to_owned()),
         ColumnType::Array | ColumnType::Enum | ColumnType::Other => Value::Other(s.to_owned()),
     })
 }
@@ -123,9 +110,8 @@ fn parse_float(s: &str) -> Result<f64, String> {
 
 /// `\x0aff...` (bytea_output = hex, the default since 9.0).
 fn decode_bytea_hex(s: &str) -> Result<Vec<u8>, String> {
-    let hex = s
-        .strip_prefix("\\x")
-        .ok_or_else(|| "bytea value is not in hex format (set bytea_output = hex)".to_string())?;
+    let hex =
+        s.strip_prefix("\\x").ok_or_else(|| "bytea value is not in hex format (set bytea_output = hex)".to_string())?;
     let digits = hex.as_bytes();
     if digits.len() % 2 != 0 {
         return Err("bytea hex has an odd number of digits".into());
@@ -138,10 +124,7 @@ fn decode_bytea_hex(s: &str) -> Result<Vec<u8>, String> {
             _ => Err(format!("bad hex digit {:?} in bytea", c as char)),
         }
     };
-    digits
-        .chunks_exact(2)
-        .map(|pair| Ok(nibble(pair[0])? << 4 | nibble(pair[1])?))
-        .collect()
+    digits.chunks_exact(2).map(|pair| Ok(nibble(pair[0])? << 4 | nibble(pair[1])?)).collect()
 }
 
 #[cfg(test)]
@@ -151,25 +134,11 @@ mod tests {
 
     #[test]
     fn decodes_common_types() {
-        assert_eq!(
-            decode_text(&ColumnType::Int32, b"-42").unwrap(),
-            Value::Int(-42)
-        );
-        assert_eq!(
-            decode_text(&ColumnType::Bool, b"t").unwrap(),
-            Value::Bool(true)
-        );
-        assert!(
-            matches!(decode_text(&ColumnType::Float64, b"NaN").unwrap(), Value::Float(f) if f.is_nan())
-        );
-        assert_eq!(
-            decode_text(&ColumnType::Float64, b"-Infinity").unwrap(),
-            Value::Float(f64::NEG_INFINITY)
-        );
-        assert_eq!(
-            decode_text(&ColumnType::Bytes, b"\\x00Ff").unwrap(),
-            Value::Bytes(vec![0, 255])
-        );
+        assert_eq!(decode_text(&ColumnType::Int32, b"-42").unwrap(), Value::Int(-42));
+        assert_eq!(decode_text(&ColumnType::Bool, b"t").unwrap(), Value::Bool(true));
+        assert!(matches!(decode_text(&ColumnType::Float64, b"NaN").unwrap(), Value::Float(f) if f.is_nan()));
+        assert_eq!(decode_text(&ColumnType::Float64, b"-Infinity").unwrap(), Value::Float(f64::NEG_INFINITY));
+        assert_eq!(decode_text(&ColumnType::Bytes, b"\\x00Ff").unwrap(), Value::Bytes(vec![0, 255]));
         assert!(decode_text(&ColumnType::Bytes, b"\\x0").is_err());
         assert!(decode_text(&ColumnType::Int64, b"12a").is_err());
         assert!(decode_text(&ColumnType::Text, &[0xff, 0xfe]).is_err());
@@ -180,15 +149,9 @@ mod tests {
         let typmod = ((10 << 16) | 2) + 4;
         assert_eq!(
             column_type(oid::NUMERIC, typmod, "b", "N"),
-            ColumnType::Numeric {
-                precision: Some(10),
-                scale: Some(2)
-            }
+            ColumnType::Numeric { precision: Some(10), scale: Some(2) }
         );
-        assert_eq!(
-            column_type(oid::VARCHAR, 24, "b", "S"),
-            ColumnType::Varchar(Some(20))
-        );
+        assert_eq!(column_type(oid::VARCHAR, 24, "b", "S"), ColumnType::Varchar(Some(20)));
         assert_eq!(column_type(99999, -1, "e", "E"), ColumnType::Enum);
         assert_eq!(column_type(1007, -1, "b", "A"), ColumnType::Array);
     }

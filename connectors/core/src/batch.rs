@@ -11,14 +11,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use tidewater_core::{
-    ApplyBatch, ChangeEvent, Checkpoint, DeadLetter, Op, TableChanges, TableId, TableSchema,
-    Transaction, Value,
+use crate::{
+    ApplyBatch, ChangeEvent, Checkpoint, DeadLetter, Op, RowOrigin, TableChanges, TableId, TableSchema, Transaction,
+    Value,
 };
 
 enum RowState {
-    Upsert(Vec<Value>),
-    Delete(Vec<Value>),
+    Upsert(Vec<Value>, RowOrigin),
+    Delete(Vec<Value>, RowOrigin),
 }
 
 struct Segment {
@@ -42,9 +42,9 @@ impl Segment {
 
     /// An update or insert of `row` at `key`: columns the source left unchanged (TOAST)
     /// take the value this batch already holds for the key, if any.
-    fn upsert(&mut self, key: &[u8], mut row: Vec<Value>) {
+    fn upsert(&mut self, key: &[u8], mut row: Vec<Value>, origin: RowOrigin) {
         if let Some(&i) = self.index.get(key) {
-            if let RowState::Upsert(previous) = &self.rows[i] {
+            if let RowState::Upsert(previous, _) = &self.rows[i] {
                 for (value, old) in row.iter_mut().zip(previous) {
                     if matches!(value, Value::Unchanged) {
                         *value = old.clone();
@@ -52,7 +52,7 @@ impl Segment {
                 }
             }
         }
-        self.set(key, RowState::Upsert(row));
+        self.set(key, RowState::Upsert(row, origin));
     }
 }
 
@@ -66,6 +66,7 @@ pub struct BatchBuilder<'a> {
     pub transactions: usize,
     pub position: Option<String>,
     pub oldest_commit: Option<SystemTime>,
+    positions: Vec<String>,
     key_buf: Vec<u8>,
 }
 
@@ -79,6 +80,7 @@ impl<'a> BatchBuilder<'a> {
             transactions: 0,
             position: None,
             oldest_commit: None,
+            positions: Vec::new(),
             key_buf: Vec::new(),
         }
     }
@@ -88,18 +90,17 @@ impl<'a> BatchBuilder<'a> {
     }
 
     pub fn target_of(renames: &HashMap<TableId, TableId>, source: &TableId) -> TableId {
-        renames
-            .get(source)
-            .cloned()
-            .unwrap_or_else(|| source.clone())
+        renames.get(source).cloned().unwrap_or_else(|| source.clone())
     }
 
     pub fn push_transaction(&mut self, tx: Transaction) {
         self.oldest_commit.get_or_insert(tx.commit_time);
         self.transactions += 1;
         self.events += tx.events.len();
+        let tx_index = self.positions.len() as u32;
+        self.positions.push(tx.position.clone());
         for event in tx.events {
-            self.push_event(event);
+            self.push_event(event, tx_index);
         }
         self.position = Some(tx.position);
     }
@@ -110,9 +111,11 @@ impl<'a> BatchBuilder<'a> {
     }
 
     fn segment_for(&mut self, schema: &Arc<TableSchema>) -> &mut Segment {
-        let reuse = self.open_segment.get(&schema.id).copied().filter(|&i| {
-            Arc::ptr_eq(&self.segments[i].schema, schema) || *self.segments[i].schema == **schema
-        });
+        let reuse = self
+            .open_segment
+            .get(&schema.id)
+            .copied()
+            .filter(|&i| Arc::ptr_eq(&self.segments[i].schema, schema) || *self.segments[i].schema == **schema);
         let index = match reuse {
             Some(i) => i,
             None => {
@@ -131,14 +134,10 @@ impl<'a> BatchBuilder<'a> {
         &mut self.segments[index]
     }
 
-    fn push_event(&mut self, event: ChangeEvent) {
+    fn push_event(&mut self, event: ChangeEvent, tx: u32) {
         let mut key = std::mem::take(&mut self.key_buf);
-        let ChangeEvent {
-            table,
-            op,
-            before,
-            after,
-        } = event;
+        let ChangeEvent { table, op, before, after } = event;
+        let origin = RowOrigin { tx, op };
         let segment = self.segment_for(&table);
         let key_of = |row: &[Value], out: &mut Vec<u8>| {
             out.clear();
@@ -160,58 +159,51 @@ impl<'a> BatchBuilder<'a> {
                         key_of(&before, &mut old_key);
                         key_of(&after, &mut key);
                         if old_key != key {
-                            segment.set(&old_key, RowState::Delete(before));
+                            segment.set(&old_key, RowState::Delete(before, origin));
                         }
                     }
                     key_of(&after, &mut key);
-                    segment.upsert(&key, after);
+                    segment.upsert(&key, after, origin);
                 }
             }
             Op::Delete => {
                 if let Some(before) = before {
                     key_of(&before, &mut key);
-                    segment.set(&key, RowState::Delete(before));
+                    segment.set(&key, RowState::Delete(before, origin));
                 }
             }
         }
         self.key_buf = key;
     }
 
-    pub fn finish(
-        self,
-        pipeline: &str,
-        dead_letters: Vec<DeadLetter>,
-        snapshot_complete: bool,
-    ) -> ApplyBatch {
+    pub fn finish(self, pipeline: &str, dead_letters: Vec<DeadLetter>, snapshot_complete: bool) -> ApplyBatch {
         let tables = self
             .segments
             .into_iter()
             .map(|segment| {
-                let mut deletes = Vec::new();
-                let mut upserts = Vec::new();
+                let mut changes = TableChanges::upserts(segment.schema, segment.target, Vec::new());
+                changes.truncate = segment.truncate;
                 for row in segment.rows {
                     match row {
-                        RowState::Upsert(r) => upserts.push(r),
-                        RowState::Delete(r) => deletes.push(r),
+                        RowState::Upsert(r, o) => {
+                            changes.upserts.push(r);
+                            changes.upsert_origins.push(o);
+                        }
+                        RowState::Delete(r, o) => {
+                            changes.deletes.push(r);
+                            changes.delete_origins.push(o);
+                        }
                     }
                 }
-                TableChanges {
-                    schema: segment.schema,
-                    target: segment.target,
-                    truncate: segment.truncate,
-                    deletes,
-                    upserts,
-                }
+                changes
             })
             .collect();
         ApplyBatch {
             pipeline: pipeline.to_string(),
             tables,
             dead_letters,
-            checkpoint: Checkpoint {
-                position: self.position.unwrap_or_default(),
-                snapshot_complete,
-            },
+            positions: self.positions,
+            checkpoint: Checkpoint { position: self.position.unwrap_or_default(), snapshot_complete },
         }
     }
 }
@@ -220,7 +212,7 @@ impl<'a> BatchBuilder<'a> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use tidewater_core::{Column, ColumnType, Engine};
+    use crate::{Column, ColumnType, Engine};
 
     fn schema() -> Arc<TableSchema> {
         let col = |name: &str| Column {
@@ -238,18 +230,8 @@ mod tests {
         })
     }
 
-    fn ev(
-        s: &Arc<TableSchema>,
-        op: Op,
-        before: Option<[i64; 3]>,
-        after: Option<Vec<Value>>,
-    ) -> ChangeEvent {
-        ChangeEvent {
-            table: s.clone(),
-            op,
-            before: before.map(|b| b.iter().map(|&x| Value::Int(x)).collect()),
-            after,
-        }
+    fn ev(s: &Arc<TableSchema>, op: Op, before: Option<[i64; 3]>, after: Option<Vec<Value>>) -> ChangeEvent {
+        ChangeEvent { table: s.clone(), op, before: before.map(|b| b.iter().map(|&x| Value::Int(x)).collect()), after }
     }
 
     fn row(v: [i64; 3]) -> Vec<Value> {
@@ -257,12 +239,7 @@ mod tests {
     }
 
     fn tx(pos: &str, events: Vec<ChangeEvent>) -> Transaction {
-        Transaction {
-            position: pos.into(),
-            position_num: None,
-            commit_time: SystemTime::now(),
-            events,
-        }
+        Transaction { position: pos.into(), position_num: None, commit_time: SystemTime::now(), events }
     }
 
     #[test]
@@ -270,34 +247,19 @@ mod tests {
         let s = schema();
         let renames = HashMap::new();
         let mut b = BatchBuilder::new(&renames);
-        b.push_transaction(tx(
-            "0/1",
-            vec![ev(&s, Op::Insert, None, Some(row([1, 10, 100])))],
-        ));
+        b.push_transaction(tx("0/1", vec![ev(&s, Op::Insert, None, Some(row([1, 10, 100])))]));
         b.push_transaction(tx(
             "0/2",
-            vec![ev(
-                &s,
-                Op::Update,
-                None,
-                Some(vec![Value::Int(1), Value::Int(11), Value::Unchanged]),
-            )],
+            vec![ev(&s, Op::Update, None, Some(vec![Value::Int(1), Value::Int(11), Value::Unchanged]))],
         ));
         b.push_transaction(tx(
             "0/3",
-            vec![
-                ev(&s, Op::Insert, None, Some(row([2, 20, 200]))),
-                ev(&s, Op::Delete, Some([2, 0, 0]), None),
-            ],
+            vec![ev(&s, Op::Insert, None, Some(row([2, 20, 200]))), ev(&s, Op::Delete, Some([2, 0, 0]), None)],
         ));
         let batch = b.finish("p", vec![], true);
         assert_eq!(batch.checkpoint.position, "0/3");
         let t = &batch.tables[0];
-        assert_eq!(
-            t.upserts,
-            vec![row([1, 11, 100])],
-            "unchanged column filled from the earlier insert"
-        );
+        assert_eq!(t.upserts, vec![row([1, 11, 100])], "unchanged column filled from the earlier insert");
         assert_eq!(t.deletes.len(), 1);
     }
 
@@ -306,25 +268,16 @@ mod tests {
         let s = schema();
         let renames = HashMap::new();
         let mut b = BatchBuilder::new(&renames);
-        b.push_transaction(tx(
-            "0/1",
-            vec![ev(&s, Op::Update, Some([1, 0, 0]), Some(row([5, 1, 1])))],
-        ));
+        b.push_transaction(tx("0/1", vec![ev(&s, Op::Update, Some([1, 0, 0]), Some(row([5, 1, 1])))]));
         let batch = b.finish("p", vec![], true);
         assert_eq!(batch.tables[0].deletes, vec![row([1, 0, 0])]);
         assert_eq!(batch.tables[0].upserts, vec![row([5, 1, 1])]);
 
         let mut b = BatchBuilder::new(&renames);
-        b.push_transaction(tx(
-            "0/1",
-            vec![ev(&s, Op::Insert, None, Some(row([1, 1, 1])))],
-        ));
+        b.push_transaction(tx("0/1", vec![ev(&s, Op::Insert, None, Some(row([1, 1, 1])))]));
         b.push_transaction(tx(
             "0/2",
-            vec![
-                ev(&s, Op::Truncate, None, None),
-                ev(&s, Op::Insert, None, Some(row([2, 2, 2]))),
-            ],
+            vec![ev(&s, Op::Truncate, None, None), ev(&s, Op::Insert, None, Some(row([2, 2, 2])))],
         ));
         let batch = b.finish("p", vec![], true);
         assert!(batch.tables[0].truncate);
@@ -345,10 +298,7 @@ mod tests {
         let mut renames = HashMap::new();
         renames.insert(TableId::new("public", "t"), TableId::new("replica", "t2"));
         let mut b = BatchBuilder::new(&renames);
-        b.push_transaction(tx(
-            "0/1",
-            vec![ev(&s1, Op::Insert, None, Some(row([1, 1, 1])))],
-        ));
+        b.push_transaction(tx("0/1", vec![ev(&s1, Op::Insert, None, Some(row([1, 1, 1])))]));
         b.push_transaction(tx("0/2", vec![ev(&s2, Op::Delete, Some([1, 0, 0]), None)]));
         let batch = b.finish("p", vec![], true);
         assert_eq!(batch.tables.len(), 2);

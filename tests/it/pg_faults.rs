@@ -1,0 +1,252 @@
+//! Faults and bad input: poison rows, kill -9 of the daemon, idle slot advance, `check`.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::{wait_for, TestPipeline};
+
+const CONVERGE: Duration = Duration::from_secs(45);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_row_goes_to_dead_letters_and_stream_goes_on() {
+    let p = TestPipeline::new(
+        "poison",
+        "CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL, note text)",
+        &["public.items"],
+    )
+    .await;
+    // The target has a constraint the source does not: qty < 100.
+    p.target_client()
+        .await
+        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL CHECK (qty < 100), note text)")
+        .await
+        .unwrap();
+    let daemon = p.start();
+    p.wait_state("streaming", CONVERGE).await;
+    let src = p.source_client().await;
+    src.batch_execute(
+        "BEGIN; INSERT INTO items VALUES (1, 5, 'ok'), (2, 500, 'poison'), (3, 6, 'ok'); COMMIT; \
+         INSERT INTO items VALUES (4, 7, 'after');",
+    )
+    .await
+    .unwrap();
+    let dst = p.target_client().await;
+    let rows = wait_for("good rows applied", CONVERGE, || async {
+        let rows = TestPipeline::rows(&dst, "items").await;
+        (rows.len() == 3).then_some(rows)
+    })
+    .await;
+    assert_eq!(rows, vec!["(1,5,ok)", "(3,6,ok)", "(4,7,after)"]);
+    let dead = dst
+        .query(
+            "SELECT pipeline, source_table, target_table, op, payload::text, error, source_position, replayed_at IS NULL \
+             FROM tidewater_dead_letters",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1, "one dead letter");
+    let d = &dead[0];
+    assert_eq!(d.get::<_, String>(0), p.name);
+    assert_eq!(d.get::<_, String>(1), "public.items");
+    assert_eq!(d.get::<_, String>(2), "public.items");
+    assert_eq!(d.get::<_, String>(3), "insert");
+    let payload: serde_json::Value = serde_json::from_str(&d.get::<_, String>(4)).unwrap();
+    assert_eq!(payload["id"], 2);
+    assert_eq!(payload["qty"], 500);
+    assert!(
+        d.get::<_, String>(5).contains("check constraint"),
+        "error names the constraint: {}",
+        d.get::<_, String>(5)
+    );
+    assert!(d.get::<_, String>(6).contains('/'), "source position is an LSN");
+    assert!(d.get::<_, bool>(7));
+    let status = p.status().await.unwrap();
+    assert_eq!(status["dead_letters_total"], 1, "{status}");
+    assert_eq!(status["state"], "streaming");
+
+    // `tidewater dlq list` shows it.
+    let out = Command::new(env!("CARGO_BIN_EXE_tidewater"))
+        .args(["dlq", "list", "--config"])
+        .arg(p.config_path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 dead letters") && text.contains("check constraint"), "{text}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_error_stop_fails_the_pipeline_instead() {
+    let mut p =
+        TestPipeline::new("poisonstop", "CREATE TABLE items (id int PRIMARY KEY, qty int)", &["public.items"]).await;
+    p.pipeline_extra = "on_error = \"stop\"".into();
+    p.target_client()
+        .await
+        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, qty int CHECK (qty < 100))")
+        .await
+        .unwrap();
+    let daemon = p.start();
+    p.wait_state("streaming", CONVERGE).await;
+    p.source_client().await.batch_execute("INSERT INTO items VALUES (1, 500)").await.unwrap();
+    let status = p.wait_state("failed", CONVERGE).await;
+    let error = status["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("on_error") && error.contains("check constraint"), "{error}");
+    let outcomes = daemon.stop().await;
+    assert!(matches!(outcomes[0], tidewater::engine::Outcome::Failed(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_resumes_without_loss_or_duplicates() {
+    let p = TestPipeline::new(
+        "kill9",
+        "CREATE TABLE seq (n bigint PRIMARY KEY, at timestamptz DEFAULT now()); \
+         CREATE TABLE acct (id int PRIMARY KEY, balance bigint NOT NULL); \
+         INSERT INTO acct SELECT g, 0 FROM generate_series(1, 50) g;",
+        &["public.seq", "public.acct"],
+    )
+    .await;
+    // Writer: a monotonic sequence into an insert-only table, plus updates and deletes.
+    let src = p.source_client().await;
+    src.batch_execute("SET synchronous_commit = on").await.unwrap();
+    let writer = tokio::spawn(async move {
+        for n in 1..=3000i64 {
+            let sql = format!(
+                "BEGIN; INSERT INTO seq (n) VALUES ({n}); UPDATE acct SET balance = balance + {n} WHERE id = {}; \
+                 {} COMMIT;",
+                n % 50 + 1,
+                if n % 97 == 0 { format!("DELETE FROM acct WHERE id = {};", n % 50 + 1) } else { String::new() }
+            );
+            src.batch_execute(&sql).await.unwrap();
+            if n % 100 == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    let mut kills = 0;
+    let mut child = p.spawn_process();
+    while !writer.is_finished() {
+        let wait_ms = 300 + (rand::random::<u64>() % 700);
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        child = p.spawn_process();
+    }
+    writer.await.unwrap();
+    let rows = p.wait_converged("seq", "seq", CONVERGE).await;
+    assert_eq!(rows.len(), 3000, "every sequence number exactly once");
+    p.wait_converged("acct", "acct", CONVERGE).await;
+    let dst = p.target_client().await;
+    let (count, distinct, max): (i64, i64, i64) = {
+        let r = dst.query_one("SELECT count(*), count(DISTINCT n), max(n) FROM seq", &[]).await.unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!((count, distinct, max), (3000, 3000, 3000));
+    // The slot never acknowledged more than the target holds.
+    let confirmed = p.slot_confirmed_flush().await.unwrap();
+    let checkpoint = p.checkpoint_lsn().await.unwrap();
+    assert!(confirmed <= checkpoint, "slot confirmed_flush_lsn {confirmed} <= target checkpoint {checkpoint}");
+    assert!(kills >= 3, "the daemon was killed {kills} times");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_source_with_unpublished_traffic_still_advances_the_slot() {
+    let p = TestPipeline::new(
+        "idleslot",
+        "CREATE TABLE watched (id int PRIMARY KEY); CREATE TABLE unwatched (id int PRIMARY KEY, pad text);",
+        &["public.watched"],
+    )
+    .await;
+    let daemon = p.start();
+    p.wait_state("streaming", CONVERGE).await;
+    let src = p.source_client().await;
+    src.batch_execute("INSERT INTO watched VALUES (1)").await.unwrap();
+    p.wait_converged("watched", "watched", CONVERGE).await;
+    let before = wait_for("slot has a confirmed position", CONVERGE, || p.slot_confirmed_flush()).await;
+    for i in 0..50 {
+        src.execute("INSERT INTO unwatched VALUES ($1, repeat('x', 1000))", &[&i]).await.unwrap();
+    }
+    let head: u64 = src
+        .query_one("SELECT (pg_current_wal_lsn() - '0/0')::text", &[])
+        .await
+        .unwrap()
+        .get::<_, String>(0)
+        .parse()
+        .unwrap();
+    assert!(head > before);
+    let advanced = wait_for("slot advances past the unpublished writes", CONVERGE, || async {
+        p.slot_confirmed_flush().await.filter(|&lsn| lsn >= head)
+    })
+    .await;
+    let checkpoint = p.checkpoint_lsn().await.unwrap();
+    assert!(advanced <= checkpoint, "acknowledged only what the target recorded: {advanced} <= {checkpoint}");
+    daemon.stop().await;
+}
+
+fn run_check(config: &std::path::Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tidewater")).args(["check", "--config"]).arg(config).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_passes_on_a_good_setup_and_names_each_problem() {
+    let p = TestPipeline::new(
+        "check",
+        "CREATE TABLE good (id int PRIMARY KEY, v text); CREATE TABLE nokey (v text);",
+        &["public.good"],
+    )
+    .await;
+    let path = p.config_path();
+    let (ok, text) = run_check(&path);
+    assert!(ok, "{text}");
+    assert!(text.contains("[ok]   source src: wal_level: logical"), "{text}");
+    assert!(text.contains("table public.good"), "{text}");
+    assert!(text.contains("[ok]   target dst: writable"), "{text}");
+
+    // Unknown key: named, with the fix.
+    std::fs::write(
+        &path,
+        p.config_text().replace("type = \"postgres\"\nurl", "type = \"postgres\"\nbogus_key = 1\nurl"),
+    )
+    .unwrap();
+    let (ok, text) = run_check(&path);
+    assert!(!ok);
+    assert!(text.contains("bogus_key") && text.contains("sources.src") && text.contains("remove the key"), "{text}");
+
+    // Missing table.
+    std::fs::write(&path, p.config_text().replace("\"public.good\"", "\"public.missing\"")).unwrap();
+    let (ok, text) = run_check(&path);
+    assert!(!ok);
+    assert!(text.contains("[FAIL]") && text.contains("public.missing does not exist"), "{text}");
+
+    // Table without a key.
+    std::fs::write(&path, p.config_text().replace("\"public.good\"", "\"public.nokey\"")).unwrap();
+    let (ok, text) = run_check(&path);
+    assert!(!ok);
+    assert!(text.contains("no primary key") && text.contains("ADD PRIMARY KEY"), "{text}");
+
+    // Wrong password: a clear authentication failure, and the password is not printed.
+    std::fs::write(p.dir.path().join("pw"), "not-the-password").unwrap();
+    std::fs::write(&path, p.config_text()).unwrap();
+    let (ok, text) = run_check(&path);
+    assert!(!ok);
+    assert!(text.contains("password authentication failed"), "{text}");
+    assert!(!text.contains("not-the-password"), "password leaked: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_fails_the_pipeline_without_retry_storm() {
+    let p = TestPipeline::new("badpw", "CREATE TABLE t (id int PRIMARY KEY)", &["public.t"]).await;
+    std::fs::write(p.dir.path().join("pw"), "wrong").unwrap();
+    let daemon = p.start();
+    let status = p.wait_state("failed", CONVERGE).await;
+    assert!(status["last_error"].as_str().unwrap_or_default().contains("password authentication failed"), "{status}");
+    assert_eq!(status["retries_total"], 0);
+    let outcomes = daemon.stop().await;
+    assert!(matches!(outcomes[0], tidewater::engine::Outcome::Failed(_)));
+}
