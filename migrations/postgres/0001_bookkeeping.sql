@@ -25,3 +25,12 @@ CREATE TABLE IF NOT EXISTS public.tidewater_dead_letters (
 
 CREATE INDEX IF NOT EXISTS tidewater_dead_letters_pipeline_idx
     ON public.tidewater_dead_letters (pipeline, id);
+
+-- Source tables whose existing rows each pipeline has copied (initial snapshot or a
+-- later backfill of a table added to the configuration).
+CREATE TABLE IF NOT EXISTS public.tidewater_snapshot_tables (
+    pipeline     text        NOT NULL,
+    source_table text        NOT NULL,
+    copied_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (pipeline, source_table)
+);

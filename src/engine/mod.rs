@@ -170,12 +170,16 @@ async fn run_once(
     sink.ensure_tables(&plans).await?;
 
     let checkpoint = match checkpoint {
-        Some(cp) if cp.snapshot_complete => cp,
+        Some(cp) if cp.snapshot_complete => {
+            backfill(cfg, status, source.as_mut(), sink.as_mut(), &plans, &cp).await?;
+            cp
+        }
         unfinished => match cfg.snapshot {
             SnapshotMode::Never => {
                 let position = source.begin_without_snapshot().await?;
                 let cp = Checkpoint { position, snapshot_complete: true };
-                sink.reset_for_snapshot(&cfg.name, &[], &cp).await?;
+                let tables: Vec<TableId> = plans.iter().map(|p| p.source.id.clone()).collect();
+                sink.complete_snapshot(&cfg.name, &tables, &cp).await?;
                 cp
             }
             SnapshotMode::Initial => {
@@ -209,6 +213,55 @@ async fn snapshot(
     }
     sink.reset_for_snapshot(&cfg.name, &to_empty, &pending).await?;
     tracing::info!(pipeline = %cfg.name, position = %position, tables = plans.len(), "snapshot started");
+    copy_tables(cfg, status, source, sink, plans.iter(), &pending).await?;
+    let done = Checkpoint { position, snapshot_complete: true };
+    let copied: Vec<TableId> = plans.iter().map(|p| p.source.id.clone()).collect();
+    sink.complete_snapshot(&cfg.name, &copied, &done).await?;
+    tracing::info!(pipeline = %cfg.name, "snapshot complete");
+    Ok(done)
+}
+
+/// Copies tables added to the configuration since the pipeline's snapshot. The source
+/// has already published them, so changes after the copy's snapshot also arrive in the
+/// stream, which resumes from the unchanged checkpoint and re-applies idempotently.
+async fn backfill(
+    cfg: &PipelineConfig,
+    status: &PipelineStatus,
+    source: &mut dyn Source,
+    sink: &mut dyn Sink,
+    plans: &[TablePlan],
+    checkpoint: &Checkpoint,
+) -> Result<(), ConnectorError> {
+    let copied = sink.snapshotted_tables(&cfg.name).await?;
+    let all: Vec<TableId> = plans.iter().map(|p| p.source.id.clone()).collect();
+    if copied.is_empty() {
+        // Recorded by a version that did not track copied tables: all were copied.
+        return sink.complete_snapshot(&cfg.name, &all, checkpoint).await;
+    }
+    let new: Vec<&TablePlan> = plans.iter().filter(|p| !copied.contains(&p.source.id)).collect();
+    if new.is_empty() {
+        return Ok(());
+    }
+    if cfg.snapshot == SnapshotMode::Initial {
+        status.set_state(PipelineState::Snapshotting);
+        tracing::info!(pipeline = %cfg.name, tables = new.len(), "copying tables added to the configuration");
+        source.begin_backfill().await?;
+        copy_tables(cfg, status, source, sink, new.iter().copied(), checkpoint).await?;
+    }
+    let ids: Vec<TableId> = new.iter().map(|p| p.source.id.clone()).collect();
+    sink.complete_snapshot(&cfg.name, &ids, checkpoint).await
+}
+
+/// Reads each table from the source's open snapshot and upserts it into the target in
+/// chunks (reading the next chunk while the previous one is applied).
+async fn copy_tables(
+    cfg: &PipelineConfig,
+    status: &PipelineStatus,
+    source: &mut dyn Source,
+    sink: &mut dyn Sink,
+    plans: impl Iterator<Item = &TablePlan>,
+    checkpoint: &Checkpoint,
+) -> Result<(), ConnectorError> {
     for plan in plans {
         let (tx, mut rx) = mpsc::channel(SNAPSHOT_CHANNEL_CAPACITY);
         let read = async {
@@ -220,7 +273,7 @@ async fn snapshot(
             let mut rows_total = 0u64;
             while let Some(chunk) = rx.recv().await {
                 let rows = chunk.rows.len() as u64;
-                let mut batch = ApplyBatch::checkpoint_only(&cfg.name, pending.clone());
+                let mut batch = ApplyBatch::checkpoint_only(&cfg.name, checkpoint.clone());
                 batch.tables.push(TableChanges::upserts(chunk.table, plan.target.clone(), chunk.rows));
                 let report = apply_once(cfg, sink, &batch).await?;
                 rows_total += rows;
@@ -233,10 +286,7 @@ async fn snapshot(
         let (_, rows) = tokio::try_join!(read, write)?;
         tracing::info!(pipeline = %cfg.name, table = %plan.source.id, rows, "table copied");
     }
-    let done = Checkpoint { position, snapshot_complete: true };
-    sink.apply(&ApplyBatch::checkpoint_only(&cfg.name, done.clone())).await?;
-    tracing::info!(pipeline = %cfg.name, "snapshot complete");
-    Ok(done)
+    Ok(())
 }
 
 /// Stops the source stream when the engine leaves, whatever the reason.

@@ -68,6 +68,11 @@ pub trait Source: Send {
     /// Starts a consistent snapshot, discarding any unfinished earlier one.
     async fn begin_snapshot(&mut self) -> Result<String, ConnectorError>;
 
+    /// Starts a plain consistent read of the current data (no new stream position), to copy
+    /// tables added to an already streaming pipeline. Called after [`Source::prepare`]
+    /// has published them, so every later change to them is also in the stream.
+    async fn begin_backfill(&mut self) -> Result<(), ConnectorError>;
+
     /// Reads one table from the snapshot, in chunks of about `chunk_rows` rows.
     async fn snapshot_table(
         &mut self,
@@ -242,6 +247,17 @@ pub trait Sink: Send {
     /// Empties the given target tables (a restarted snapshot begins from nothing) and
     /// stores `checkpoint`, in one transaction.
     async fn reset_for_snapshot(
+        &mut self,
+        pipeline: &str,
+        tables: &[TableId],
+        checkpoint: &Checkpoint,
+    ) -> Result<(), ConnectorError>;
+
+    /// Source tables whose rows `pipeline` has copied (snapshot or backfill).
+    async fn snapshotted_tables(&mut self, pipeline: &str) -> Result<Vec<TableId>, ConnectorError>;
+
+    /// Records `tables` as copied and stores `checkpoint`, in one transaction.
+    async fn complete_snapshot(
         &mut self,
         pipeline: &str,
         tables: &[TableId],

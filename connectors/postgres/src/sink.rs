@@ -129,6 +129,9 @@ impl Sink for PgSink {
         let mut client = self.take_client().await?;
         let result = async {
             let tx = client.transaction().await.map_err(|e| pg_error("starting a target transaction", e))?;
+            tx.execute("DELETE FROM public.tidewater_snapshot_tables WHERE pipeline = $1", &[&pipeline])
+                .await
+                .map_err(|e| pg_error("resetting tidewater_snapshot_tables", e))?;
             for table in tables {
                 tx.batch_execute(&format!("TRUNCATE {}", quote_table(table)))
                     .await
@@ -136,6 +139,40 @@ impl Sink for PgSink {
             }
             write_checkpoint(&tx, &mut self.state, pipeline, checkpoint).await?;
             tx.commit().await.map_err(|e| pg_error("committing the snapshot reset", e))
+        }
+        .await;
+        self.put_back(client, result)
+    }
+
+    async fn snapshotted_tables(&mut self, pipeline: &str) -> Result<Vec<TableId>, ConnectorError> {
+        let client = self.take_client().await?;
+        let result = client
+            .query("SELECT source_table FROM public.tidewater_snapshot_tables WHERE pipeline = $1", &[&pipeline])
+            .await
+            .map(|rows| rows.iter().map(|r| TableId::parse(&r.get::<_, String>(0), "public")).collect())
+            .map_err(|e| pg_error("reading tidewater_snapshot_tables", e));
+        self.put_back(client, result)
+    }
+
+    async fn complete_snapshot(
+        &mut self,
+        pipeline: &str,
+        tables: &[TableId],
+        checkpoint: &Checkpoint,
+    ) -> Result<(), ConnectorError> {
+        let mut client = self.take_client().await?;
+        let result = async {
+            let tx = client.transaction().await.map_err(|e| pg_error("starting a target transaction", e))?;
+            let names: Vec<String> = tables.iter().map(ToString::to_string).collect();
+            tx.execute(
+                "INSERT INTO public.tidewater_snapshot_tables (pipeline, source_table) \
+                 SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
+                &[&pipeline, &names],
+            )
+            .await
+            .map_err(|e| pg_error("recording copied tables", e))?;
+            write_checkpoint(&tx, &mut self.state, pipeline, checkpoint).await?;
+            tx.commit().await.map_err(|e| pg_error("committing the snapshot's end", e))
         }
         .await;
         self.put_back(client, result)

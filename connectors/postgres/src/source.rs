@@ -68,8 +68,9 @@ pub struct PgSourceConfig {
 }
 
 struct SnapshotSession {
-    /// Keeps the exported snapshot alive; must stay idle until the copy is done.
-    _exporter: ReplicationConnection,
+    /// Keeps the exported snapshot alive; must stay idle until the copy is done. None for
+    /// a backfill, which reads its own snapshot.
+    _exporter: Option<ReplicationConnection>,
     reader: Client,
 }
 
@@ -321,8 +322,19 @@ impl Source for PgSource {
             ))
             .await
             .map_err(|e| pg_error("importing the slot's snapshot", e))?;
-        self.snapshot = Some(SnapshotSession { _exporter: exporter, reader });
+        self.snapshot = Some(SnapshotSession { _exporter: Some(exporter), reader });
         Ok(position)
+    }
+
+    async fn begin_backfill(&mut self) -> Result<(), ConnectorError> {
+        self.snapshot = None;
+        let reader = connect(&self.cfg.endpoint).await?;
+        reader
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(|e| pg_error("starting the backfill snapshot", e))?;
+        self.snapshot = Some(SnapshotSession { _exporter: None, reader });
+        Ok(())
     }
 
     async fn snapshot_table(
