@@ -74,7 +74,34 @@ async fn poison_row_goes_to_dead_letters_and_stream_goes_on() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("1 dead letters") && text.contains("check constraint"), "{text}");
+
+    // A replay before the fix fails again, keeps the row and says why.
+    let (ok, text) = run_cli(&["dlq", "replay", "--config"], &p.config_path());
+    assert!(!ok, "{text}");
+    assert!(text.contains("check constraint"), "{text}");
+    // Fix the cause, replay: the target converges to the source.
+    dst.batch_execute("ALTER TABLE items DROP CONSTRAINT items_qty_check").await.unwrap();
+    let (ok, text) = run_cli(&["dlq", "replay", "--config"], &p.config_path());
+    assert!(ok, "{text}");
+    p.wait_converged("items", "items", CONVERGE).await;
+    let replayed: bool =
+        dst.query_one("SELECT replayed_at IS NOT NULL FROM tidewater_dead_letters", &[]).await.unwrap().get(0);
+    assert!(replayed);
+    let (ok, text) = run_cli(&["verify", "--config"], &p.config_path());
+    assert!(ok, "{text}");
+    assert!(text.contains("4 rows match"), "{text}");
+    // A row removed behind the daemon's back: verify names the range and exits 1.
+    dst.batch_execute("DELETE FROM items WHERE id = 3").await.unwrap();
+    let (ok, text) = run_cli(&["verify", "--config"], &p.config_path());
+    assert!(!ok, "{text}");
+    assert!(text.contains("[DIFF]") && text.contains("source 4 rows, target 3 rows"), "{text}");
     daemon.stop().await;
+}
+
+fn run_cli(args: &[&str], config: &std::path::Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tidewater")).args(args).arg(config).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,9 +215,7 @@ async fn idle_source_with_unpublished_traffic_still_advances_the_slot() {
 }
 
 fn run_check(config: &std::path::Path) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tidewater")).args(["check", "--config"]).arg(config).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
+    run_cli(&["check", "--config"], config)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,4 +274,30 @@ async fn wrong_password_fails_the_pipeline_without_retry_storm() {
     assert_eq!(status["retries_total"], 0);
     let outcomes = daemon.stop().await;
     assert!(matches!(outcomes[0], tidewater::engine::Outcome::Failed(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reports_only_the_differing_key_range() {
+    let p = TestPipeline::new(
+        "verifyranges",
+        "CREATE TABLE kv (k int PRIMARY KEY, v text); INSERT INTO kv SELECT g, 'v' || g FROM generate_series(1, 100) g;",
+        &["public.kv"],
+    )
+    .await;
+    let daemon = p.start();
+    p.wait_state("streaming", CONVERGE).await;
+    p.wait_converged("kv", "kv", CONVERGE).await;
+    daemon.stop().await;
+    let src = p.source_client().await;
+    let dst = p.target_client().await;
+    dst.batch_execute("UPDATE kv SET v = 'tampered' WHERE k = 55").await.unwrap();
+    let relid: u32 = src.query_one("SELECT 'kv'::regclass::oid", &[]).await.unwrap().get(0);
+    let id = tidewater_core::TableId::new("public", "kv");
+    let schema = tidewater_postgres::catalog::table_schema(&src, &id, relid, None).await.unwrap();
+    let verdict = tidewater_postgres::verify::verify_table(&src, &dst, &schema, &id, 10).await.unwrap();
+    assert_eq!(verdict.ranges, 10);
+    assert_eq!((verdict.source_rows, verdict.target_rows), (100, 100));
+    assert_eq!(verdict.differing.len(), 1, "{verdict:?}");
+    let d = &verdict.differing[0];
+    assert_eq!((d.from.clone(), d.to.clone()), (Some(vec!["51".to_string()]), Some(vec!["61".to_string()])));
 }

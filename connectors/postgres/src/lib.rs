@@ -11,6 +11,7 @@ pub mod sink;
 pub mod source;
 pub mod sql;
 pub mod types;
+pub mod verify;
 
 pub use conn::PgEndpoint;
 pub use sink::PgSink;
