@@ -65,6 +65,8 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result
     let mut shutdown = shutdown;
     let _ = shutdown.wait_for(|stop| *stop).await;
     server.abort();
+    // Wait until the listener is closed, so the address is free when this returns.
+    let _ = server.await;
     Ok(outcomes)
 }
 

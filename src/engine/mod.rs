@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use backon::BackoffBuilder;
 use tidewater_core::{
     ApplyBatch, ApplyReport, Checkpoint, ConnectorError, ErrorClass, Sink, Source, SourceItem, TableChanges, TableId,
-    TablePlan,
+    TablePlan, Transaction,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -312,22 +312,27 @@ async fn stream(
     let mut handle = StreamGuard(source.start_stream(&checkpoint, items_tx, acks_rx, status.progress.clone()).await?);
     status.set_state(PipelineState::Streaming);
     let max_delay = Duration::from_millis(cfg.max_batch_delay_ms);
+    // An item taken while batching that must start a batch of its own.
+    let mut carried: Option<SourceItem> = None;
     loop {
         if *shutdown.borrow() {
             return Ok(());
         }
-        let first = tokio::select! {
-            item = items.recv() => item,
-            _ = shutdown.changed() => return Ok(()),
+        let first = match carried.take() {
+            Some(item) => Some(item),
+            None => tokio::select! {
+                item = items.recv() => item,
+                _ = shutdown.changed() => return Ok(()),
+            },
         };
         let Some(first) = first else {
-            // The source ended: its task says why.
-            return match (&mut handle.0.task).await {
-                Ok(Err(e)) => Err(e),
-                Ok(Ok(())) => Err(ConnectorError::transient("the source stream ended")),
-                Err(join) => Err(ConnectorError::fatal(format!("the source stream task crashed: {join}"))),
-            };
+            return Err(stream_end(&mut handle).await);
         };
+        if let SourceItem::TransactionPart(part) = first {
+            let applied = apply_large(cfg, status, sink, renames, part, &mut items, &mut handle).await?;
+            record_applied(status, &acks, applied);
+            continue;
+        }
         let mut batch = BatchBuilder::new(renames);
         let started = Instant::now();
         let mut next = Some(first);
@@ -336,37 +341,138 @@ async fn stream(
             match item {
                 SourceItem::Transaction(tx) => batch.push_transaction(tx),
                 SourceItem::Heartbeat { position } => batch.push_heartbeat(position),
+                part @ SourceItem::TransactionPart(_) => {
+                    carried = Some(part);
+                    break;
+                }
             }
             if batch.events >= cfg.max_batch_events || started.elapsed() >= max_delay {
                 break;
             }
             next = items.try_recv().ok();
         }
-        {
-            let mut f = status.figures();
-            if f.oldest_unapplied_commit.is_none() {
-                f.oldest_unapplied_commit = batch.oldest_commit;
-            }
-        }
+        note_pending(status, batch.oldest_commit);
         let (events, transactions) = (batch.events as u64, batch.transactions as u64);
         let apply = batch.finish(&cfg.name, Vec::new(), true);
         let Some(report) = apply_with_retry(cfg, status, shutdown, sink, &apply).await? else {
             return Ok(()); // shutdown while retrying: nothing partial was committed
         };
         let position = apply.checkpoint.position.clone();
-        let _ = acks.send(Some(position.clone()));
-        let mut f = status.figures();
-        f.applied_position = Some(position);
-        if transactions > 0 {
-            f.last_applied_at = Some(SystemTime::now());
+        record_applied(status, &acks, Applied { position, events, transactions, dead_letters: report.dead_letters });
+    }
+}
+
+/// What one target commit covered.
+struct Applied {
+    position: String,
+    events: u64,
+    transactions: u64,
+    dead_letters: u64,
+}
+
+/// The commit is durable: acknowledge it to the source and count it.
+fn record_applied(status: &PipelineStatus, acks: &watch::Sender<Option<String>>, applied: Applied) {
+    let _ = acks.send(Some(applied.position.clone()));
+    let mut f = status.figures();
+    f.applied_position = Some(applied.position);
+    if applied.transactions > 0 {
+        f.last_applied_at = Some(SystemTime::now());
+    }
+    f.events_applied_total += applied.events;
+    f.transactions_applied_total += applied.transactions;
+    f.dead_letters_total += applied.dead_letters;
+    f.oldest_unapplied_commit = None;
+    if f.state == PipelineState::Retrying {
+        f.state = PipelineState::Streaming;
+    }
+}
+
+fn note_pending(status: &PipelineStatus, oldest_commit: Option<SystemTime>) {
+    let mut f = status.figures();
+    if f.oldest_unapplied_commit.is_none() {
+        f.oldest_unapplied_commit = oldest_commit;
+    }
+}
+
+/// Why the source's stream ended (its task's result).
+async fn stream_end(handle: &mut StreamGuard) -> ConnectorError {
+    match (&mut handle.0.task).await {
+        Ok(Err(e)) => e,
+        Ok(Ok(())) => ConnectorError::transient("the source stream ended"),
+        Err(join) => ConnectorError::fatal(format!("the source stream task crashed: {join}")),
+    }
+}
+
+/// Applies a large source transaction that arrives in parts: every part inside one open
+/// target transaction, committed with the checkpoint when the final part arrives, so
+/// memory stays bounded and readers still never see half of it. Any failure rolls the
+/// whole target transaction back; a transient one restarts the stream from the checkpoint
+/// (the source sends the transaction again).
+async fn apply_large(
+    cfg: &PipelineConfig,
+    status: &PipelineStatus,
+    sink: &mut dyn Sink,
+    renames: &HashMap<TableId, TableId>,
+    first: tidewater_core::TransactionPart,
+    items: &mut mpsc::Receiver<SourceItem>,
+    handle: &mut StreamGuard,
+) -> Result<Applied, ConnectorError> {
+    let isolate = cfg.on_error == OnError::DeadLetter;
+    let result = async {
+        sink.begin_large().await?;
+        note_pending(status, Some(first.commit_time));
+        let mut events = 0u64;
+        let mut dead_letters = 0u64;
+        let mut part = first;
+        loop {
+            let mut batch = BatchBuilder::new(renames);
+            events += part.events.len() as u64;
+            batch.push_transaction(Transaction {
+                position: part.position.clone(),
+                position_num: None,
+                commit_time: part.commit_time,
+                events: std::mem::take(&mut part.events),
+            });
+            let apply = batch.finish(&cfg.name, Vec::new(), true);
+            dead_letters += sink.apply_part(&apply, isolate).await.map_err(|e| stop_on_event(cfg, e))?.dead_letters;
+            drop(part); // releases its memory budget to the source
+            let next = match items.recv().await {
+                Some(item) => item,
+                None => return Err(stream_end(handle).await),
+            };
+            match next {
+                SourceItem::TransactionPart(p) => part = p,
+                SourceItem::Transaction(tx) => {
+                    events += tx.events.len() as u64;
+                    let mut batch = BatchBuilder::new(renames);
+                    batch.push_transaction(tx);
+                    let last = batch.finish(&cfg.name, Vec::new(), true);
+                    let report = sink.commit_large(&last, isolate).await.map_err(|e| stop_on_event(cfg, e))?;
+                    dead_letters += report.dead_letters;
+                    return Ok(Applied { position: last.checkpoint.position, events, transactions: 1, dead_letters });
+                }
+                SourceItem::Heartbeat { position } => {
+                    return Err(ConnectorError::fatal(format!(
+                        "source protocol error: idle heartbeat at {position} inside a transaction"
+                    )))
+                }
+            }
         }
-        f.events_applied_total += events;
-        f.transactions_applied_total += transactions;
-        f.dead_letters_total += report.dead_letters;
-        f.oldest_unapplied_commit = None;
-        if f.state == PipelineState::Retrying {
-            f.state = PipelineState::Streaming;
-        }
+    }
+    .await;
+    if result.is_err() {
+        sink.abort_large().await;
+    }
+    result
+}
+
+fn stop_on_event(cfg: &PipelineConfig, e: ConnectorError) -> ConnectorError {
+    if e.class == ErrorClass::Event && cfg.on_error == OnError::Stop {
+        ConnectorError::fatal(format!(
+            "the target rejected a change and on_error = \"stop\": {e}; fix the cause and restart, or set on_error = \"dead_letter\""
+        ))
+    } else {
+        e
     }
 }
 
@@ -379,9 +485,7 @@ async fn apply_once(
 ) -> Result<ApplyReport, ConnectorError> {
     match sink.apply(batch).await {
         Err(e) if e.class == ErrorClass::Event => match cfg.on_error {
-            OnError::Stop => Err(ConnectorError::fatal(format!(
-                "the target rejected a change and on_error = \"stop\": {e}; fix the cause and restart, or set on_error = \"dead_letter\""
-            ))),
+            OnError::Stop => Err(stop_on_event(cfg, e)),
             OnError::DeadLetter => {
                 tracing::warn!(pipeline = %cfg.name, error = %e, position = %batch.checkpoint.position, "target rejected rows; isolating them into the dead-letter table");
                 let report = sink.apply_isolating(batch).await?;

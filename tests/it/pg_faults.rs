@@ -134,48 +134,55 @@ async fn kill_9_under_load_resumes_without_loss_or_duplicates() {
         &["public.seq", "public.acct"],
     )
     .await;
-    // Writer: a monotonic sequence into an insert-only table, plus updates and deletes.
+    // Writer: a monotonic sequence into an insert-only table, plus updates and deletes,
+    // until the daemon has been killed ten times.
     let src = p.source_client().await;
     src.batch_execute("SET synchronous_commit = on").await.unwrap();
-    let writer = tokio::spawn(async move {
-        for n in 1..=3000i64 {
-            let sql = format!(
-                "BEGIN; INSERT INTO seq (n) VALUES ({n}); UPDATE acct SET balance = balance + {n} WHERE id = {}; \
-                 {} COMMIT;",
-                n % 50 + 1,
-                if n % 97 == 0 { format!("DELETE FROM acct WHERE id = {};", n % 50 + 1) } else { String::new() }
-            );
-            src.batch_execute(&sql).await.unwrap();
-            if n % 100 == 0 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut n = 0i64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                let sql = format!(
+                    "BEGIN; INSERT INTO seq (n) VALUES ({n}); UPDATE acct SET balance = balance + {n} WHERE id = {}; \
+                     {} COMMIT;",
+                    n % 50 + 1,
+                    if n % 97 == 0 { format!("DELETE FROM acct WHERE id = {};", n % 50 + 1) } else { String::new() }
+                );
+                src.batch_execute(&sql).await.unwrap();
+                if n % 20 == 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
             }
-        }
-    });
-    let mut kills = 0;
+            n
+        })
+    };
     let mut child = p.spawn_process();
-    while !writer.is_finished() {
-        let wait_ms = 300 + (rand::random::<u64>() % 700);
+    for _ in 0..10 {
+        let wait_ms = 200 + (rand::random::<u64>() % 600);
         tokio::time::sleep(Duration::from_millis(wait_ms)).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        kills += 1;
         child = p.spawn_process();
     }
-    writer.await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let written = writer.await.unwrap();
+    assert!(written > 100, "the writer wrote {written} transactions");
     let rows = p.wait_converged("seq", "seq", CONVERGE).await;
-    assert_eq!(rows.len(), 3000, "every sequence number exactly once");
+    assert_eq!(rows.len() as i64, written, "every sequence number exactly once");
     p.wait_converged("acct", "acct", CONVERGE).await;
     let dst = p.target_client().await;
     let (count, distinct, max): (i64, i64, i64) = {
         let r = dst.query_one("SELECT count(*), count(DISTINCT n), max(n) FROM seq", &[]).await.unwrap();
         (r.get(0), r.get(1), r.get(2))
     };
-    assert_eq!((count, distinct, max), (3000, 3000, 3000));
+    assert_eq!((count, distinct, max), (written, written, written));
     // The slot never acknowledged more than the target holds.
     let confirmed = p.slot_confirmed_flush().await.unwrap();
     let checkpoint = p.checkpoint_lsn().await.unwrap();
     assert!(confirmed <= checkpoint, "slot confirmed_flush_lsn {confirmed} <= target checkpoint {checkpoint}");
-    assert!(kills >= 3, "the daemon was killed {kills} times");
     child.kill().unwrap();
     child.wait().unwrap();
 }

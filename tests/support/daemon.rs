@@ -31,6 +31,7 @@ pub struct InProcess {
 }
 
 impl InProcess {
+    /// Stops the daemon; panics if it had failed to start.
     pub async fn stop(self) -> Vec<tidewater::engine::Outcome> {
         let _ = self.stop.send(true);
         tokio::time::timeout(Duration::from_secs(30), self.task)
@@ -125,6 +126,8 @@ max_batch_delay_ms = 20
     }
 
     pub fn start(&self) -> InProcess {
+        // Daemon logs go to the test's captured output (shown when a test fails).
+        let _ = tracing_subscriber::fmt().with_env_filter("info").with_test_writer().try_init();
         let cfg = tidewater::config::parse(&self.config_text()).expect("test config is valid");
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(tidewater::run(cfg, rx));

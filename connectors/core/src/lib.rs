@@ -17,6 +17,6 @@ pub use event::{ChangeEvent, Checkpoint, Op, Transaction};
 pub use schema::{Column, ColumnType, Engine, TableId, TableSchema};
 pub use traits::{
     ApplyBatch, ApplyReport, DeadLetter, RowOrigin, Sink, SnapshotChunk, Source, SourceItem, SourceProgress,
-    StreamHandle, TableChanges, TablePlan,
+    StreamHandle, TableChanges, TablePlan, TransactionPart,
 };
 pub use value::Value;

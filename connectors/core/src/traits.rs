@@ -20,10 +20,28 @@ pub enum SourceItem {
     /// commit order, each at most once per stream, and only those strictly after the
     /// position the stream was started from.
     Transaction(Transaction),
+    /// A leading part of a large transaction, sent before its commit is seen so that
+    /// memory stays bounded. More parts may follow; the transaction ends with a
+    /// [`SourceItem::Transaction`] holding its last events (possibly none) and its commit
+    /// position. Nothing of it may be committed in the target before that.
+    TransactionPart(TransactionPart),
     /// The source is idle at `position`: every change for configured tables up to there has
     /// been delivered. The engine records it as a checkpoint (so idle sources still let the
     /// source advance) and then acknowledges it.
     Heartbeat { position: String },
+}
+
+/// See [`SourceItem::TransactionPart`].
+#[derive(Debug)]
+pub struct TransactionPart {
+    pub events: Vec<crate::event::ChangeEvent>,
+    /// The transaction's commit position as far as it is known at its start (used for
+    /// dead letters; the checkpoint comes with the final part).
+    pub position: String,
+    pub commit_time: std::time::SystemTime,
+    /// Held while the part is queued or being applied; bounds how many parts are in
+    /// memory at once.
+    pub budget: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Source-side figures the status endpoint shows, updated by the source's own poller so
@@ -266,6 +284,21 @@ pub trait Sink: Send {
 
     /// Applies one batch atomically; see the trait contract.
     async fn apply(&mut self, batch: &ApplyBatch) -> Result<ApplyReport, ConnectorError>;
+
+    /// Opens a target transaction for a large source transaction that arrives in parts.
+    async fn begin_large(&mut self) -> Result<(), ConnectorError>;
+
+    /// Applies one part inside the open transaction. With `isolate`, rows the target
+    /// rejects become dead letters (written in the same transaction); without it an
+    /// `Event` error is returned. Any error leaves the transaction unusable: call
+    /// [`Sink::abort_large`].
+    async fn apply_part(&mut self, part: &ApplyBatch, isolate: bool) -> Result<ApplyReport, ConnectorError>;
+
+    /// Applies the last part with `isolate` as above, writes the checkpoint, commits.
+    async fn commit_large(&mut self, last: &ApplyBatch, isolate: bool) -> Result<ApplyReport, ConnectorError>;
+
+    /// Rolls back the open transaction, if any.
+    async fn abort_large(&mut self);
 
     /// Like [`Sink::apply`], for a batch that failed with an `Event` error: applies every
     /// row it can and records each row the target rejects (for a reason tied to that

@@ -21,7 +21,7 @@ use tidewater_core::{
     ApplyBatch, ApplyReport, Checkpoint, ColumnType, ConnectorError, Engine, Sink, TableChanges, TableId, TablePlan,
     TableSchema, Value,
 };
-use tokio_postgres::{Client, Statement, Transaction};
+use tokio_postgres::{Client, GenericClient, Statement};
 
 use crate::conn::{connect, PgEndpoint};
 use crate::sql::{pg_error, quote_ident, quote_table};
@@ -48,12 +48,14 @@ struct SinkState {
 pub struct PgSink {
     endpoint: PgEndpoint,
     client: Option<Client>,
+    /// The connection holding a large source transaction's open target transaction.
+    open: Option<Client>,
     state: SinkState,
 }
 
 impl PgSink {
     pub fn new(endpoint: PgEndpoint) -> Self {
-        PgSink { endpoint, client: None, state: SinkState::default() }
+        PgSink { endpoint, client: None, open: None, state: SinkState::default() }
     }
 
     /// Takes the live connection out (connecting when needed); [`PgSink::put_back`]
@@ -214,9 +216,101 @@ impl Sink for PgSink {
         .await;
         self.put_back(client, result)
     }
+
+    async fn begin_large(&mut self) -> Result<(), ConnectorError> {
+        self.abort_large().await;
+        let client = self.take_client().await?;
+        let result = client.batch_execute("BEGIN").await.map_err(|e| pg_error("starting a target transaction", e));
+        match result {
+            Ok(()) => {
+                self.open = Some(client);
+                Ok(())
+            }
+            Err(e) => self.put_back(client, Err(e)),
+        }
+    }
+
+    async fn apply_part(&mut self, part: &ApplyBatch, isolate: bool) -> Result<ApplyReport, ConnectorError> {
+        let client = self.open.as_ref().ok_or_else(|| ConnectorError::fatal("apply_part without begin_large"))?;
+        apply_part_in_open_transaction(client, &mut self.state, part, isolate).await
+    }
+
+    async fn commit_large(&mut self, last: &ApplyBatch, isolate: bool) -> Result<ApplyReport, ConnectorError> {
+        let client = self.open.take().ok_or_else(|| ConnectorError::fatal("commit_large without begin_large"))?;
+        let result = async {
+            let report = apply_part_in_open_transaction(&client, &mut self.state, last, isolate).await?;
+            write_checkpoint(&client, &mut self.state, &last.pipeline, &last.checkpoint).await?;
+            client.batch_execute("COMMIT").await.map_err(|e| pg_error("committing the transaction", e))?;
+            Ok(report)
+        }
+        .await;
+        if result.is_err() {
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+        self.put_back(client, result)
+    }
+
+    async fn abort_large(&mut self) {
+        if let Some(client) = self.open.take() {
+            if client.batch_execute("ROLLBACK").await.is_ok() {
+                self.client = Some(client);
+            }
+        }
+    }
 }
 
-async fn statement(tx: &Transaction<'_>, state: &mut SinkState, sql: String) -> Result<Statement, ConnectorError> {
+/// One part of a large source transaction, inside the open target transaction. The part
+/// runs under a savepoint so that, when the target rejects a row, only this part is
+/// rolled back and re-applied row-isolating.
+async fn apply_part_in_open_transaction(
+    client: &Client,
+    state: &mut SinkState,
+    part: &ApplyBatch,
+    isolate: bool,
+) -> Result<ApplyReport, ConnectorError> {
+    client.batch_execute("SAVEPOINT tidewater_part").await.map_err(|e| pg_error("setting a savepoint", e))?;
+    let mut report = ApplyReport::default();
+    let mut failure = None;
+    for changes in &part.tables {
+        match apply_table(client, state, changes).await {
+            Ok(n) => report.rows_written += n,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    match failure {
+        None => {
+            client
+                .batch_execute("RELEASE SAVEPOINT tidewater_part")
+                .await
+                .map_err(|e| pg_error("releasing a savepoint", e))?;
+            Ok(report)
+        }
+        Some(e) if e.class == tidewater_core::ErrorClass::Event && isolate => {
+            client
+                .batch_execute("ROLLBACK TO SAVEPOINT tidewater_part")
+                .await
+                .map_err(|e| pg_error("rolling back to a savepoint", e))?;
+            let mut report = ApplyReport::default();
+            let mut dead_letters = Vec::new();
+            for changes in &part.tables {
+                report.rows_written += apply_table_isolating(client, state, part, changes, &mut dead_letters).await?;
+            }
+            report.dead_letters = dead_letters.len() as u64;
+            write_dead_letters(client, state, &part.pipeline, &dead_letters).await?;
+            Ok(report)
+        }
+        Some(e) => Err(e),
+    }
+}
+
+async fn statement<C: GenericClient + Sync>(
+    tx: &C,
+    state: &mut SinkState,
+    sql: String,
+) -> Result<Statement, ConnectorError> {
     if let Some(statement) = state.statements.get(&sql) {
         return Ok(statement.clone());
     }
@@ -225,8 +319,8 @@ async fn statement(tx: &Transaction<'_>, state: &mut SinkState, sql: String) -> 
     Ok(statement)
 }
 
-async fn write_checkpoint(
-    tx: &Transaction<'_>,
+async fn write_checkpoint<C: GenericClient + Sync>(
+    tx: &C,
     state: &mut SinkState,
     pipeline: &str,
     checkpoint: &Checkpoint,
@@ -242,8 +336,8 @@ async fn write_checkpoint(
     Ok(())
 }
 
-async fn write_dead_letters(
-    tx: &Transaction<'_>,
+async fn write_dead_letters<C: GenericClient + Sync>(
+    tx: &C,
     state: &mut SinkState,
     pipeline: &str,
     dead_letters: &[tidewater_core::DeadLetter],
@@ -267,8 +361,8 @@ async fn write_dead_letters(
 }
 
 /// Applies one table segment; returns the rows it touched.
-async fn apply_table(
-    tx: &Transaction<'_>,
+async fn apply_table<C: GenericClient + Sync>(
+    tx: &C,
     state: &mut SinkState,
     changes: &TableChanges,
 ) -> Result<u64, ConnectorError> {
@@ -281,8 +375,8 @@ async fn apply_table(
 }
 
 /// Reconciles the target table with the segment's schema and runs its truncate.
-async fn prepare_segment(
-    tx: &Transaction<'_>,
+async fn prepare_segment<C: GenericClient + Sync>(
+    tx: &C,
     state: &mut SinkState,
     changes: &TableChanges,
 ) -> Result<(), ConnectorError> {
@@ -305,8 +399,8 @@ enum RowKind {
 }
 
 /// Applies `rows` (distinct keys) of one kind with set-based statements.
-async fn apply_rows(
-    tx: &Transaction<'_>,
+async fn apply_rows<C: GenericClient + Sync>(
+    tx: &C,
     state: &mut SinkState,
     changes: &TableChanges,
     kind: RowKind,
@@ -395,8 +489,8 @@ async fn apply_rows(
 /// Applies a segment's rows, setting aside each row the target rejects: a failing group
 /// is rolled back to its savepoint and split in half until the failing rows stand alone.
 /// Keys are distinct, so applying subsets in any order ends in the same state.
-async fn apply_table_isolating(
-    tx: &Transaction<'_>,
+async fn apply_table_isolating<C: GenericClient + Sync>(
+    tx: &C,
     state: &mut SinkState,
     batch: &ApplyBatch,
     changes: &TableChanges,
@@ -462,8 +556,8 @@ fn column_arrays<'a>(rows: impl IntoIterator<Item = &'a Vec<Value>>, columns: &[
     arrays
 }
 
-async fn execute_arrays(
-    tx: &Transaction<'_>,
+async fn execute_arrays<C: GenericClient + Sync>(
+    tx: &C,
     st: &Statement,
     arrays: &[Vec<Option<String>>],
 ) -> Result<u64, ConnectorError> {
@@ -490,8 +584,8 @@ fn cast_types(state: &SinkState, schema: &TableSchema, target: &TableId) -> Resu
 
 /// Makes the target table fit the source schema: creates it, adds missing columns, follows
 /// type changes. Runs inside the caller's transaction so DDL and data commit together.
-async fn reconcile(
-    tx: &Transaction<'_>,
+async fn reconcile<C: GenericClient + Sync>(
+    tx: &C,
     state: &mut SinkState,
     schema: &Arc<TableSchema>,
     target: &TableId,
@@ -559,8 +653,8 @@ async fn reconcile(
 
 /// (name, cast type without typmod, full type) of each column; empty when the table does
 /// not exist.
-async fn load_target_columns(
-    tx: &Transaction<'_>,
+async fn load_target_columns<C: GenericClient + Sync>(
+    tx: &C,
     target: &TableId,
 ) -> Result<Vec<(String, String, String)>, ConnectorError> {
     let rows = tx
@@ -575,7 +669,11 @@ async fn load_target_columns(
     Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
 }
 
-async fn create_table(tx: &Transaction<'_>, schema: &TableSchema, target: &TableId) -> Result<(), ConnectorError> {
+async fn create_table<C: GenericClient + Sync>(
+    tx: &C,
+    schema: &TableSchema,
+    target: &TableId,
+) -> Result<(), ConnectorError> {
     tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&target.schema)))
         .await
         .map_err(|e| pg_error(format_args!("creating schema {} on the target", target.schema), e))?;

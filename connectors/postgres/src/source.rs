@@ -38,7 +38,7 @@ use bytes::{Buf, BytesMut};
 use futures_util::StreamExt;
 use tidewater_core::{
     ChangeEvent, Checkpoint, ColumnType, ConnectorError, ErrorClass, Op, SnapshotChunk, Source, SourceItem,
-    SourceProgress, StreamHandle, TableId, TableSchema, Transaction, Value,
+    SourceProgress, StreamHandle, TableId, TableSchema, Transaction, TransactionPart, Value,
 };
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_postgres::Client;
@@ -56,6 +56,10 @@ use crate::types::decode_text;
 /// server for a keepalive, which is how an idle stream learns the WAL end.
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 const LAG_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// A transaction larger than this is handed on in parts of this many events.
+const TX_PART_EVENTS: usize = 10_000;
+/// Parts queued or being applied at once: bounds memory for huge transactions.
+const TX_PARTS_IN_FLIGHT: usize = 3;
 
 #[derive(Debug, Clone)]
 pub struct PgSourceConfig {
@@ -502,6 +506,7 @@ impl Source for PgSource {
             relations: HashMap::new(),
             current: None,
             last_delivered: start_lsn,
+            part_budget: Arc::new(tokio::sync::Semaphore::new(TX_PARTS_IN_FLIGHT)),
         };
         let task = tokio::spawn(async move { tokio::try_join!(reader.run(), status_writer, poller).map(|_| ()) });
         Ok(StreamHandle { task })
@@ -612,6 +617,12 @@ struct RelationInfo {
 
 struct OpenTransaction {
     commit_time: SystemTime,
+    /// The commit record's position (Begin's final LSN).
+    commit_lsn: u64,
+    /// Already applied before this stream started: its events are dropped.
+    skip: bool,
+    /// Parts of it were handed on already.
+    parts_sent: bool,
     events: Vec<ChangeEvent>,
 }
 
@@ -626,6 +637,7 @@ struct Reader {
     relations: HashMap<u32, RelationInfo>,
     current: Option<OpenTransaction>,
     last_delivered: u64,
+    part_budget: Arc<tokio::sync::Semaphore>,
 }
 
 fn pg_epoch_to_system_time(micros: i64) -> SystemTime {
@@ -677,15 +689,20 @@ impl Reader {
     async fn handle(&mut self, message: LogicalMessage, at: u64) -> Result<bool, ConnectorError> {
         let position = || format_lsn(at);
         match message {
-            LogicalMessage::Begin { commit_time_micros, .. } => {
+            LogicalMessage::Begin { final_lsn, commit_time_micros, .. } => {
                 if self.current.is_some() {
                     return Err(ConnectorError::fatal(format!(
                         "BEGIN inside an open transaction at source position {}",
                         position()
                     )));
                 }
+                // A transaction whose commit record starts before the resume position ended
+                // at or before it: it is in the target already.
                 self.current = Some(OpenTransaction {
                     commit_time: pg_epoch_to_system_time(commit_time_micros),
+                    commit_lsn: final_lsn,
+                    skip: final_lsn < self.start_lsn,
+                    parts_sent: false,
                     events: Vec::new(),
                 });
             }
@@ -697,10 +714,10 @@ impl Reader {
                     )));
                 };
                 tx.commit_time = pg_epoch_to_system_time(commit_time_micros);
-                if end_lsn <= self.start_lsn {
+                if tx.skip || end_lsn <= self.start_lsn {
                     return Ok(true); // already applied before this stream started
                 }
-                let item = if tx.events.is_empty() {
+                let item = if tx.events.is_empty() && !tx.parts_sent {
                     SourceItem::Heartbeat { position: format_lsn(end_lsn) }
                 } else {
                     SourceItem::Transaction(Transaction {
@@ -732,23 +749,31 @@ impl Reader {
             LogicalMessage::Insert { relation_id, new } => {
                 let table = self.relation(relation_id, at)?;
                 let after = decode_tuple(&table, &new, at)?;
-                self.push(ChangeEvent { table, op: Op::Insert, before: None, after: Some(after) }, at)?;
+                if !self.push(ChangeEvent { table, op: Op::Insert, before: None, after: Some(after) }, at).await? {
+                    return Ok(false);
+                }
             }
             LogicalMessage::Update { relation_id, old, new } => {
                 let table = self.relation(relation_id, at)?;
                 let before = old.map(|o| decode_tuple(&table, o.tuple(), at)).transpose()?;
                 let after = decode_tuple(&table, &new, at)?;
-                self.push(ChangeEvent { table, op: Op::Update, before, after: Some(after) }, at)?;
+                if !self.push(ChangeEvent { table, op: Op::Update, before, after: Some(after) }, at).await? {
+                    return Ok(false);
+                }
             }
             LogicalMessage::Delete { relation_id, old } => {
                 let table = self.relation(relation_id, at)?;
                 let before = decode_tuple(&table, old.tuple(), at)?;
-                self.push(ChangeEvent { table, op: Op::Delete, before: Some(before), after: None }, at)?;
+                if !self.push(ChangeEvent { table, op: Op::Delete, before: Some(before), after: None }, at).await? {
+                    return Ok(false);
+                }
             }
             LogicalMessage::Truncate { relation_ids, .. } => {
                 for relation_id in relation_ids {
                     let table = self.relation(relation_id, at)?;
-                    self.push(ChangeEvent { table, op: Op::Truncate, before: None, after: None }, at)?;
+                    if !self.push(ChangeEvent { table, op: Op::Truncate, before: None, after: None }, at).await? {
+                        return Ok(false);
+                    }
                 }
             }
             LogicalMessage::Origin { .. } | LogicalMessage::Type { .. } | LogicalMessage::Message { .. } => {}
@@ -765,17 +790,29 @@ impl Reader {
         })
     }
 
-    fn push(&mut self, event: ChangeEvent, at: u64) -> Result<(), ConnectorError> {
-        match &mut self.current {
-            Some(tx) => {
-                tx.events.push(event);
-                Ok(())
-            }
-            None => Err(ConnectorError::fatal(format!(
+    /// Adds an event to the open transaction, handing on a part when it grows large.
+    /// Returns false when the engine has gone away.
+    async fn push(&mut self, event: ChangeEvent, at: u64) -> Result<bool, ConnectorError> {
+        let Some(tx) = &mut self.current else {
+            return Err(ConnectorError::fatal(format!(
                 "change outside a transaction at source position {}",
                 format_lsn(at)
-            ))),
+            )));
+        };
+        if tx.skip {
+            return Ok(true);
         }
+        tx.events.push(event);
+        if tx.events.len() < TX_PART_EVENTS {
+            return Ok(true);
+        }
+        let events = std::mem::replace(&mut tx.events, Vec::with_capacity(TX_PART_EVENTS));
+        tx.parts_sent = true;
+        let (position, commit_time) = (format_lsn(tx.commit_lsn), tx.commit_time);
+        // Waiting for budget is the backpressure that keeps memory bounded.
+        let budget = self.part_budget.clone().acquire_owned().await.ok();
+        let part = TransactionPart { events, position, commit_time, budget };
+        Ok(self.out.send(SourceItem::TransactionPart(part)).await.is_ok())
     }
 }
 
