@@ -278,7 +278,7 @@ async fn copy_tables(
                 let report = apply_once(cfg, sink, &batch).await?;
                 rows_total += rows;
                 let mut f = status.figures();
-                f.events_applied_total += rows;
+                f.events_applied_total += rows.saturating_sub(report.dead_letters);
                 f.dead_letters_total += report.dead_letters;
             }
             Ok::<u64, ConnectorError>(rows_total)
@@ -378,7 +378,8 @@ fn record_applied(status: &PipelineStatus, acks: &watch::Sender<Option<String>>,
     if applied.transactions > 0 {
         f.last_applied_at = Some(SystemTime::now());
     }
-    f.events_applied_total += applied.events;
+    // Dead-lettered rows were not applied.
+    f.events_applied_total += applied.events.saturating_sub(applied.dead_letters);
     f.transactions_applied_total += applied.transactions;
     f.dead_letters_total += applied.dead_letters;
     f.oldest_unapplied_commit = None;

@@ -1,2 +1,4 @@
 mod pg_faults;
+mod pg_ops;
 mod pg_sync;
+mod pg_types;

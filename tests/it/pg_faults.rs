@@ -205,7 +205,7 @@ async fn idle_source_with_unpublished_traffic_still_advances_the_slot() {
         src.execute("INSERT INTO unwatched VALUES ($1, repeat('x', 1000))", &[&i]).await.unwrap();
     }
     let head: u64 = src
-        .query_one("SELECT (pg_current_wal_lsn() - '0/0')::text", &[])
+        .query_one("SELECT (pg_current_wal_insert_lsn() - '0/0')::text", &[])
         .await
         .unwrap()
         .get::<_, String>(0)

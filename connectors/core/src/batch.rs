@@ -3,22 +3,43 @@
 //!
 //! Coalescing is per table *segment*. A segment ends when the table's schema changes, so
 //! rows of different shapes never mix; segments of one table are applied in order. Within
-//! a segment every key ends in one state, `Upsert(row)` or `Delete`, and since keys are
-//! independent, applying the final states (truncate, then deletes, then upserts) leaves
-//! the target exactly as applying every event in order would.
+//! a segment every key ends in one state, `Upsert(row)`, `Delete` or `Move` (the row came
+//! from another key and some of its TOASTed columns were not sent), and since keys are
+//! independent, applying the final states (truncate, moves, deletes, upserts) leaves the
+//! target exactly as applying every event in order would. Moves go first because they
+//! read the unsent columns from the old key's target row before the deletes remove it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::{
-    ApplyBatch, ChangeEvent, Checkpoint, DeadLetter, Op, RowOrigin, TableChanges, TableId, TableSchema, Transaction,
-    Value,
+    ApplyBatch, ChangeEvent, Checkpoint, DeadLetter, MovedRow, Op, RowOrigin, TableChanges, TableId, TableSchema,
+    Transaction, Value,
 };
 
 enum RowState {
     Upsert(Vec<Value>, RowOrigin),
     Delete(Vec<Value>, RowOrigin),
+    /// `row` (with `Value::Unchanged` columns) moved from the key of `from`.
+    Move {
+        from: Vec<Value>,
+        row: Vec<Value>,
+        origin: RowOrigin,
+    },
+}
+
+fn has_unchanged(row: &[Value]) -> bool {
+    row.iter().any(|v| matches!(v, Value::Unchanged))
+}
+
+/// Fills `row`'s unchanged columns from `previous`.
+fn fill_unchanged(row: &mut [Value], previous: &[Value]) {
+    for (value, old) in row.iter_mut().zip(previous) {
+        if matches!(value, Value::Unchanged) {
+            *value = old.clone();
+        }
+    }
 }
 
 struct Segment {
@@ -40,19 +61,38 @@ impl Segment {
         }
     }
 
-    /// An update or insert of `row` at `key`: columns the source left unchanged (TOAST)
-    /// take the value this batch already holds for the key, if any.
-    fn upsert(&mut self, key: &[u8], mut row: Vec<Value>, origin: RowOrigin) {
-        if let Some(&i) = self.index.get(key) {
-            if let RowState::Upsert(previous, _) = &self.rows[i] {
-                for (value, old) in row.iter_mut().zip(previous) {
-                    if matches!(value, Value::Unchanged) {
-                        *value = old.clone();
-                    }
+    /// The state of `row`, which now lives at some key, given the state `previous` of the
+    /// key its values come from: columns the source left unchanged (TOAST) take the value
+    /// this batch already holds, and a row moved from another key that the batch cannot
+    /// fill stays a move. `moved_from` is the old row when the key changed.
+    fn next_state(
+        previous: Option<&RowState>,
+        mut row: Vec<Value>,
+        moved_from: Option<Vec<Value>>,
+        origin: RowOrigin,
+    ) -> RowState {
+        match previous {
+            Some(RowState::Upsert(prev, _)) => {
+                fill_unchanged(&mut row, prev);
+                RowState::Upsert(row, origin)
+            }
+            Some(RowState::Move { from, row: prev, .. }) => {
+                fill_unchanged(&mut row, prev);
+                if has_unchanged(&row) {
+                    RowState::Move { from: from.clone(), row, origin }
+                } else {
+                    RowState::Upsert(row, origin)
                 }
             }
+            _ => match moved_from {
+                Some(from) if has_unchanged(&row) => RowState::Move { from, row, origin },
+                _ => RowState::Upsert(row, origin),
+            },
         }
-        self.set(key, RowState::Upsert(row, origin));
+    }
+
+    fn state(&self, key: &[u8]) -> Option<&RowState> {
+        self.index.get(key).map(|&i| &self.rows[i])
     }
 }
 
@@ -154,16 +194,22 @@ impl<'a> BatchBuilder<'a> {
             }
             Op::Insert | Op::Update => {
                 if let Some(after) = after {
-                    if let Some(before) = before {
-                        let mut old_key = Vec::new();
-                        key_of(&before, &mut old_key);
-                        key_of(&after, &mut key);
-                        if old_key != key {
+                    key_of(&after, &mut key);
+                    let mut old_key = Vec::new();
+                    if let Some(before) = &before {
+                        key_of(before, &mut old_key);
+                    }
+                    if before.is_some() && old_key != key {
+                        // The row moved to a new key: its unsent columns come from the old key.
+                        let state = Segment::next_state(segment.state(&old_key), after, before.clone(), origin);
+                        if let Some(before) = before {
                             segment.set(&old_key, RowState::Delete(before, origin));
                         }
+                        segment.set(&key, state);
+                    } else {
+                        let state = Segment::next_state(segment.state(&key), after, None, origin);
+                        segment.set(&key, state);
                     }
-                    key_of(&after, &mut key);
-                    segment.upsert(&key, after, origin);
                 }
             }
             Op::Delete => {
@@ -193,6 +239,10 @@ impl<'a> BatchBuilder<'a> {
                             changes.deletes.push(r);
                             changes.delete_origins.push(o);
                         }
+                        RowState::Move { from, row, origin } => {
+                            changes.moves.push(MovedRow { from, row });
+                            changes.move_origins.push(origin);
+                        }
                     }
                 }
                 changes
@@ -220,6 +270,7 @@ mod tests {
             kind: ColumnType::Int64,
             native_type: "bigint".into(),
             nullable: true,
+            existing_rows_value: None,
         };
         Arc::new(TableSchema {
             id: TableId::new("public", "t"),
@@ -285,6 +336,28 @@ mod tests {
     }
 
     #[test]
+    fn key_change_with_unchanged_toast_becomes_a_move_unless_the_batch_can_fill_it() {
+        let s = schema();
+        let renames = HashMap::new();
+        let moved = vec![Value::Int(9), Value::Int(1), Value::Unchanged];
+        let mut b = BatchBuilder::new(&renames);
+        b.push_transaction(tx("0/1", vec![ev(&s, Op::Update, Some([1, 0, 0]), Some(moved.clone()))]));
+        let batch = b.finish("p", vec![], true);
+        assert_eq!(batch.tables[0].moves.len(), 1);
+        assert_eq!(batch.tables[0].moves[0].from, row([1, 0, 0]));
+        assert_eq!(batch.tables[0].deletes, vec![row([1, 0, 0])]);
+        assert!(batch.tables[0].upserts.is_empty());
+
+        // The old key was inserted earlier in the batch: its values fill the moved row.
+        let mut b = BatchBuilder::new(&renames);
+        b.push_transaction(tx("0/1", vec![ev(&s, Op::Insert, None, Some(row([1, 5, 500])))]));
+        b.push_transaction(tx("0/2", vec![ev(&s, Op::Update, Some([1, 0, 0]), Some(moved))]));
+        let batch = b.finish("p", vec![], true);
+        assert!(batch.tables[0].moves.is_empty());
+        assert_eq!(batch.tables[0].upserts, vec![row([9, 1, 500])]);
+    }
+
+    #[test]
     fn schema_change_starts_a_new_segment_and_renames_apply() {
         let s1 = schema();
         let mut s2 = (*s1).clone();
@@ -293,6 +366,7 @@ mod tests {
             kind: ColumnType::Text,
             native_type: "text".into(),
             nullable: true,
+            existing_rows_value: None,
         });
         let s2 = Arc::new(s2);
         let mut renames = HashMap::new();

@@ -78,6 +78,10 @@ pub struct Column {
     /// The source's declaration, e.g. `numeric(10,2)` or `public.mood`.
     pub native_type: String,
     pub nullable: bool,
+    /// The value rows that existed before this column was added hold without any change
+    /// having been logged for them (Postgres: `attmissingval` after `ADD COLUMN ...
+    /// DEFAULT <constant>`), as text. A target adding the column gives them this value.
+    pub existing_rows_value: Option<String>,
 }
 
 /// A source table's schema at a point in the stream. Shared (`Arc`) by every event decoded

@@ -145,9 +145,22 @@ pub struct TableChanges {
     /// Rows to insert or update by key. A row may hold [`Value::Unchanged`]: such a row
     /// only updates its other columns of an existing target row.
     pub upserts: Vec<Vec<Value>>,
-    /// Origins of `deletes` / `upserts`, same order; may be empty (snapshot rows).
+    /// Rows that moved to a new key while some of their (TOASTed) columns were not sent:
+    /// applied first, taking those columns from the old key's target row.
+    pub moves: Vec<MovedRow>,
+    /// Origins of `deletes` / `upserts` / `moves`, same order; may be empty (snapshot rows).
     pub delete_origins: Vec<RowOrigin>,
     pub upsert_origins: Vec<RowOrigin>,
+    pub move_origins: Vec<RowOrigin>,
+}
+
+/// See [`TableChanges::moves`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct MovedRow {
+    /// The row before the move (its key columns identify the old target row).
+    pub from: Vec<Value>,
+    /// The row after the move, with [`Value::Unchanged`] for columns not sent.
+    pub row: Vec<Value>,
 }
 
 impl TableChanges {
@@ -159,8 +172,10 @@ impl TableChanges {
             truncate: false,
             deletes: Vec::new(),
             upserts: rows,
+            moves: Vec::new(),
             delete_origins: Vec::new(),
             upsert_origins: Vec::new(),
+            move_origins: Vec::new(),
         }
     }
 

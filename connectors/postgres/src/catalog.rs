@@ -20,6 +20,7 @@ pub struct CatalogColumn {
     pub kind: ColumnType,
     pub native_type: String,
     pub nullable: bool,
+    pub existing_rows_value: Option<String>,
 }
 
 /// Resolves `schema.table` / `schema.*` patterns to existing tables (with their OIDs).
@@ -73,7 +74,8 @@ pub async fn load_columns(client: &Client, relid: u32) -> Result<Vec<CatalogColu
                     (CASE WHEN t.typtype = 'd' THEN format_type(t.typbasetype, t.typtypmod) \
                           ELSE format_type(a.atttypid, a.atttypmod) END), \
                     bt.typtype::text, bt.typcategory::text, NOT a.attnotnull, \
-                    btn.nspname::text, bt.typname::text \
+                    btn.nspname::text, bt.typname::text, \
+                    CASE WHEN a.atthasmissing THEN (a.attmissingval::text::text[])[1] END \
              FROM pg_attribute a \
              JOIN pg_type t ON t.oid = a.atttypid \
              JOIN pg_type bt ON bt.oid = (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END) \
@@ -97,7 +99,7 @@ pub async fn load_columns(client: &Client, relid: u32) -> Result<Vec<CatalogColu
             } else {
                 row.get(3)
             };
-            CatalogColumn { name: row.get(0), kind, native_type, nullable: row.get(6) }
+            CatalogColumn { name: row.get(0), kind, native_type, nullable: row.get(6), existing_rows_value: row.get(9) }
         })
         .collect())
 }
@@ -124,11 +126,18 @@ pub async fn load_key(client: &Client, relid: u32) -> Result<Vec<String>, Connec
 async fn load_enums(client: &Client, relid: u32) -> Result<Vec<(String, Vec<String>)>, ConnectorError> {
     let rows = client
         .query(
-            "SELECT tn.nspname::text, t.typname::text, array_agg(e.enumlabel::text ORDER BY e.enumsortorder) \
-             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+            // The enum may sit under a domain and/or inside an array.
+            "WITH col AS ( \
+                 SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END AS oid \
+                 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+                 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped), \
+             elem AS ( \
+                 SELECT CASE WHEN t.typcategory = 'A' AND t.typelem <> 0 THEN t.typelem ELSE t.oid END AS oid \
+                 FROM col JOIN pg_type t ON t.oid = col.oid) \
+             SELECT tn.nspname::text, t.typname::text, array_agg(e.enumlabel::text ORDER BY e.enumsortorder) \
+             FROM (SELECT DISTINCT oid FROM elem) u JOIN pg_type t ON t.oid = u.oid \
              JOIN pg_namespace tn ON tn.oid = t.typnamespace JOIN pg_enum e ON e.enumtypid = t.oid \
-             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND t.typtype = 'e' \
-             GROUP BY 1, 2",
+             WHERE t.typtype = 'e' GROUP BY 1, 2",
             &[&relid],
         )
         .await
@@ -196,5 +205,28 @@ pub async fn table_schema(
 }
 
 fn to_column(c: &CatalogColumn) -> Column {
-    Column { name: c.name.clone(), kind: c.kind.clone(), native_type: c.native_type.clone(), nullable: c.nullable }
+    Column {
+        name: c.name.clone(),
+        kind: c.kind.clone(),
+        native_type: c.native_type.clone(),
+        nullable: c.nullable,
+        existing_rows_value: c.existing_rows_value.clone(),
+    }
+}
+
+/// Each column's type name for casts: no typmod (so `character(5)` is `bpchar`, not the
+/// one-character `character`), keyed by column name.
+pub async fn cast_types(
+    client: &Client,
+    table: &TableId,
+) -> Result<std::collections::HashMap<String, String>, ConnectorError> {
+    let rows = client
+        .query(
+            "SELECT attname::text, format_type(atttypid, -1) FROM pg_attribute \
+             WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
+            &[&quote_table(table)],
+        )
+        .await
+        .map_err(|e| pg_error("reading column types", e))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }

@@ -129,6 +129,7 @@ async fn replay_one(
     if key_values.iter().any(Option::is_none) {
         return Err(ConnectorError::fatal(format!("dead letter {id} has no value for a key column of {source_table}")));
     }
+    let cast_map = crate::catalog::cast_types(source, source_table).await?;
     let key_match = |alias: &str, offset: usize| {
         schema
             .key
@@ -136,8 +137,8 @@ async fn replay_one(
             .enumerate()
             .map(|(n, &i)| {
                 let col = &schema.columns[i];
-                let base = col.native_type.split('(').next().unwrap_or(&col.native_type).to_string();
-                format!("{alias}.{} = ${}::text::{base}", quote_ident(&col.name), offset + n + 1)
+                let cast = cast_map.get(&col.name).map_or("text", String::as_str);
+                format!("{alias}.{} = ${}::text::{cast}", quote_ident(&col.name), offset + n + 1)
             })
             .collect::<Vec<_>>()
             .join(" AND ")

@@ -367,10 +367,10 @@ async fn apply_table<C: GenericClient + Sync>(
     changes: &TableChanges,
 ) -> Result<u64, ConnectorError> {
     prepare_segment(tx, state, changes).await?;
-    let deletes: Vec<&Vec<Value>> = changes.deletes.iter().collect();
-    let upserts: Vec<&Vec<Value>> = changes.upserts.iter().collect();
-    let mut rows = apply_rows(tx, state, changes, RowKind::Delete, &deletes).await?;
-    rows += apply_rows(tx, state, changes, RowKind::Upsert, &upserts).await?;
+    let mut rows = 0;
+    for kind in ROW_KINDS_IN_ORDER {
+        rows += apply_set(tx, state, changes, kind, 0..kind_len(changes, kind)).await?;
+    }
     Ok(rows)
 }
 
@@ -394,21 +394,79 @@ async fn prepare_segment<C: GenericClient + Sync>(
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RowKind {
+    Move,
     Delete,
     Upsert,
 }
 
-/// Applies `rows` (distinct keys) of one kind with set-based statements.
+/// Moves read the old key's row, so they run before the deletes remove it.
+const ROW_KINDS_IN_ORDER: [RowKind; 3] = [RowKind::Move, RowKind::Delete, RowKind::Upsert];
+
+fn kind_len(changes: &TableChanges, kind: RowKind) -> usize {
+    match kind {
+        RowKind::Move => changes.moves.len(),
+        RowKind::Delete => changes.deletes.len(),
+        RowKind::Upsert => changes.upserts.len(),
+    }
+}
+
+/// The row a dead letter records, and its origin.
+fn row_of(changes: &TableChanges, kind: RowKind, i: usize) -> (&Vec<Value>, Option<tidewater_core::RowOrigin>) {
+    match kind {
+        RowKind::Move => (&changes.moves[i].row, changes.move_origins.get(i).copied()),
+        RowKind::Delete => (&changes.deletes[i], changes.delete_origins.get(i).copied()),
+        RowKind::Upsert => (&changes.upserts[i], changes.upsert_origins.get(i).copied()),
+    }
+}
+
+/// Applies the rows `range` of one kind (distinct keys) with set-based statements.
+async fn apply_set<C: GenericClient + Sync>(
+    tx: &C,
+    state: &mut SinkState,
+    changes: &TableChanges,
+    kind: RowKind,
+    range: std::ops::Range<usize>,
+) -> Result<u64, ConnectorError> {
+    if range.is_empty() {
+        return Ok(0);
+    }
+    match kind {
+        RowKind::Move => apply_moves(tx, state, changes, &changes.moves[range]).await,
+        RowKind::Delete => apply_rows(tx, state, changes, kind, &changes.deletes[range]).await,
+        RowKind::Upsert => apply_rows(tx, state, changes, kind, &changes.upserts[range]).await,
+    }
+}
+
+/// Which columns of `row` were sent (not unchanged TOAST).
+fn sent_mask(row: &[Value]) -> Vec<bool> {
+    row.iter().map(|v| !matches!(v, Value::Unchanged)).collect()
+}
+
+/// `ON CONFLICT (key) DO UPDATE SET <every non-key column>` (or `DO NOTHING`).
+fn upsert_conflict_clause(schema: &tidewater_core::TableSchema) -> String {
+    let key = schema.key.iter().map(|&i| quote_ident(&schema.columns[i].name)).collect::<Vec<_>>().join(", ");
+    let sets: Vec<String> = (0..schema.columns.len())
+        .filter(|i| !schema.key.contains(i))
+        .map(|i| {
+            let c = quote_ident(&schema.columns[i].name);
+            format!("{c} = EXCLUDED.{c}")
+        })
+        .collect();
+    if sets.is_empty() {
+        format!("ON CONFLICT ({key}) DO NOTHING")
+    } else {
+        format!("ON CONFLICT ({key}) DO UPDATE SET {}", sets.join(", "))
+    }
+}
+
+/// Deletes or upserts `rows`.
 async fn apply_rows<C: GenericClient + Sync>(
     tx: &C,
     state: &mut SinkState,
     changes: &TableChanges,
     kind: RowKind,
-    rows: &[&Vec<Value>],
+    rows: &[Vec<Value>],
 ) -> Result<u64, ConnectorError> {
-    if rows.is_empty() {
-        return Ok(0);
-    }
     let schema = &changes.schema;
     let target = &changes.target;
     let table = quote_table(target);
@@ -424,7 +482,7 @@ async fn apply_rows<C: GenericClient + Sync>(
     if kind == RowKind::Delete {
         let sql = format!("DELETE FROM {table} AS t USING {} WHERE {}", unnest_from(&schema.key), key_match("t"));
         let st = statement(tx, state, sql).await?;
-        let arrays = column_arrays(rows.iter().copied(), &schema.key);
+        let arrays = column_arrays(rows, &schema.key);
         return execute_arrays(tx, &st, &arrays).await.map_err(|e| e.context(format_args!("deleting from {target}")));
     }
     let mut written = 0;
@@ -432,25 +490,12 @@ async fn apply_rows<C: GenericClient + Sync>(
         rows.iter().partition(|row| !row.iter().any(|v| matches!(v, Value::Unchanged)));
     if !full.is_empty() {
         let all: Vec<usize> = (0..schema.columns.len()).collect();
-        let non_key: Vec<usize> = all.iter().copied().filter(|i| !schema.key.contains(i)).collect();
-        let conflict = if non_key.is_empty() {
-            "DO NOTHING".to_string()
-        } else {
-            let sets = non_key
-                .iter()
-                .map(|&i| {
-                    let c = quote_ident(&schema.columns[i].name);
-                    format!("{c} = EXCLUDED.{c}")
-                })
-                .collect::<Vec<_>>();
-            format!("DO UPDATE SET {}", sets.join(", "))
-        };
         let sql = format!(
-            "INSERT INTO {table} ({}) SELECT {} FROM {} ON CONFLICT ({}) {conflict}",
+            "INSERT INTO {table} ({}) SELECT {} FROM {} {}",
             all.iter().map(|&i| quote_ident(&schema.columns[i].name)).collect::<Vec<_>>().join(", "),
             all.iter().map(|&i| format!("u.c{i}::{}", casts[i])).collect::<Vec<_>>().join(", "),
             unnest_from(&all),
-            schema.key.iter().map(|&i| quote_ident(&schema.columns[i].name)).collect::<Vec<_>>().join(", "),
+            upsert_conflict_clause(schema),
         );
         let st = statement(tx, state, sql).await?;
         let arrays = column_arrays(full.iter().copied(), &all);
@@ -461,7 +506,7 @@ async fn apply_rows<C: GenericClient + Sync>(
     // by which columns those are.
     let mut by_mask: HashMap<Vec<bool>, Vec<&Vec<Value>>> = HashMap::new();
     for row in partial {
-        by_mask.entry(row.iter().map(|v| !matches!(v, Value::Unchanged)).collect()).or_default().push(row);
+        by_mask.entry(sent_mask(row)).or_default().push(row);
     }
     for (mask, group) in by_mask {
         let set_cols: Vec<usize> = (0..schema.columns.len()).filter(|i| mask[*i] && !schema.key.contains(i)).collect();
@@ -486,6 +531,60 @@ async fn apply_rows<C: GenericClient + Sync>(
     Ok(written)
 }
 
+/// Rows moved to a new key with unsent (TOAST) columns: each is inserted at its new key,
+/// taking the unsent columns from the target's row at the old key (deleted afterwards
+/// with the segment's deletes). Grouped by which columns were sent.
+async fn apply_moves<C: GenericClient + Sync>(
+    tx: &C,
+    state: &mut SinkState,
+    changes: &TableChanges,
+    moves: &[tidewater_core::MovedRow],
+) -> Result<u64, ConnectorError> {
+    let schema = &changes.schema;
+    let target = &changes.target;
+    let table = quote_table(target);
+    let casts = cast_types(state, schema, target)?;
+    let mut by_mask: HashMap<Vec<bool>, Vec<&tidewater_core::MovedRow>> = HashMap::new();
+    for moved in moves {
+        by_mask.entry(sent_mask(&moved.row)).or_default().push(moved);
+    }
+    let mut written = 0;
+    for (mask, group) in by_mask {
+        let sent: Vec<usize> = (0..schema.columns.len()).filter(|&i| mask[i]).collect();
+        let mut names: Vec<String> = schema.key.iter().map(|i| format!("o{i}")).collect();
+        names.extend(sent.iter().map(|i| format!("c{i}")));
+        let select = (0..schema.columns.len())
+            .map(|i| {
+                if mask[i] {
+                    format!("u.c{i}::{}", casts[i])
+                } else {
+                    format!("o.{}", quote_ident(&schema.columns[i].name))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let join = schema
+            .key
+            .iter()
+            .map(|&i| format!("o.{} = u.o{i}::{}", quote_ident(&schema.columns[i].name), casts[i]))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let sql = format!(
+            "INSERT INTO {table} ({}) SELECT {select} FROM {table} AS o JOIN {} ON {join} {}",
+            schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", "),
+            unnest_named(&names),
+            upsert_conflict_clause(schema),
+        );
+        let st = statement(tx, state, sql).await?;
+        let mut arrays = column_arrays(group.iter().map(|m| &m.from), &schema.key);
+        arrays.extend(column_arrays(group.iter().map(|m| &m.row), &sent));
+        written += execute_arrays(tx, &st, &arrays)
+            .await
+            .map_err(|e| e.context(format_args!("moving rows to new keys in {target}")))?;
+    }
+    Ok(written)
+}
+
 /// Applies a segment's rows, setting aside each row the target rejects: a failing group
 /// is rolled back to its savepoint and split in half until the failing rows stand alone.
 /// Keys are distinct, so applying subsets in any order ends in the same state.
@@ -498,19 +597,15 @@ async fn apply_table_isolating<C: GenericClient + Sync>(
 ) -> Result<u64, ConnectorError> {
     prepare_segment(tx, state, changes).await?;
     let mut written = 0;
-    for (kind, rows, origins) in [
-        (RowKind::Delete, &changes.deletes, &changes.delete_origins),
-        (RowKind::Upsert, &changes.upserts, &changes.upsert_origins),
-    ] {
+    for kind in ROW_KINDS_IN_ORDER {
         let mut pending: Vec<std::ops::Range<usize>> = Vec::new();
-        pending.push(0..rows.len());
+        pending.push(0..kind_len(changes, kind));
         while let Some(range) = pending.pop() {
             if range.is_empty() {
                 continue;
             }
-            let group: Vec<&Vec<Value>> = rows[range.clone()].iter().collect();
             tx.batch_execute("SAVEPOINT tidewater_row").await.map_err(|e| pg_error("setting a savepoint", e))?;
-            match apply_rows(tx, state, changes, kind, &group).await {
+            match apply_set(tx, state, changes, kind, range.clone()).await {
                 Ok(n) => {
                     written += n;
                     tx.batch_execute("RELEASE SAVEPOINT tidewater_row")
@@ -522,8 +617,8 @@ async fn apply_table_isolating<C: GenericClient + Sync>(
                         .await
                         .map_err(|e| pg_error("rolling back to a savepoint", e))?;
                     if range.len() == 1 {
-                        let origin = origins.get(range.start).copied();
-                        dead_letters.push(changes.dead_letter(batch, &rows[range.start], origin, e.to_string()));
+                        let (row, origin) = row_of(changes, kind, range.start);
+                        dead_letters.push(changes.dead_letter(batch, row, origin, e.to_string()));
                     } else {
                         let mid = range.start + range.len() / 2;
                         pending.push(mid..range.end);
@@ -539,10 +634,15 @@ async fn apply_table_isolating<C: GenericClient + Sync>(
 
 /// `unnest($1::text[], $2::text[], ...) AS u(c3, c5, ...)` for the given column indexes.
 fn unnest_from(columns: &[usize]) -> String {
+    unnest_named(&columns.iter().map(|i| format!("c{i}")).collect::<Vec<_>>())
+}
+
+/// `unnest($1::text[], ...) AS u(<names>)`.
+fn unnest_named(names: &[String]) -> String {
     format!(
         "unnest({}) AS u({})",
-        (1..=columns.len()).map(|n| format!("${n}::text[]")).collect::<Vec<_>>().join(", "),
-        columns.iter().map(|i| format!("c{i}")).collect::<Vec<_>>().join(", ")
+        (1..=names.len()).map(|n| format!("${n}::text[]")).collect::<Vec<_>>().join(", "),
+        names.join(", ")
     )
 }
 
@@ -602,7 +702,19 @@ async fn reconcile<C: GenericClient + Sync>(
         let declared = target_type(schema, column);
         match existing.iter().find(|(name, _, _)| name == &column.name) {
             None => {
-                tx.batch_execute(&format!("ALTER TABLE {qtable} ADD COLUMN {} {declared}", quote_ident(&column.name)))
+                // Rows that existed before the column was added hold its default at the
+                // source without any logged change: give them the same value here (a
+                // constant default is filled in without rewriting the table).
+                let c = quote_ident(&column.name);
+                let sql = match &column.existing_rows_value {
+                    Some(v) => format!(
+                        "ALTER TABLE {qtable} ADD COLUMN {c} {declared} DEFAULT {}::{declared}; \
+                         ALTER TABLE {qtable} ALTER COLUMN {c} DROP DEFAULT",
+                        crate::sql::quote_literal(v)
+                    ),
+                    None => format!("ALTER TABLE {qtable} ADD COLUMN {c} {declared}"),
+                };
+                tx.batch_execute(&sql)
                     .await
                     .map_err(|e| pg_error(format_args!("adding column {} to target table {target}", column.name), e))?;
                 tracing::info!(table = %target, column = %column.name, "added column to target table");
@@ -659,7 +771,7 @@ async fn load_target_columns<C: GenericClient + Sync>(
 ) -> Result<Vec<(String, String, String)>, ConnectorError> {
     let rows = tx
         .query(
-            "SELECT a.attname::text, format_type(a.atttypid, NULL), format_type(a.atttypid, a.atttypmod) \
+            "SELECT a.attname::text, format_type(a.atttypid, -1), format_type(a.atttypid, a.atttypmod) \
              FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
              ORDER BY a.attnum",
             &[&quote_table(target)],

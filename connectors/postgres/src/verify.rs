@@ -63,14 +63,11 @@ pub async fn verify_table(
         .iter()
         .map(|r| (0..key_cols.len()).map(|i| r.get::<_, String>(i)).collect())
         .collect();
+    let cast_map = crate::catalog::cast_types(source, &schema.id).await?;
     let casts: Vec<String> = schema
         .key
         .iter()
-        .map(|&i| {
-            let t = &schema.columns[i].native_type;
-            // Drop a typmod: bounds compare by value.
-            t.split('(').next().unwrap_or(t).to_string()
-        })
+        .map(|&i| cast_map.get(&schema.columns[i].name).cloned().unwrap_or_else(|| "text".into()))
         .collect();
     let bound = |offset: usize| {
         format!(
