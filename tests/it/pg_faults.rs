@@ -308,3 +308,37 @@ async fn verify_reports_only_the_differing_key_range() {
     let d = &verdict.differing[0];
     assert_eq!((d.from.clone(), d.to.clone()), (Some(vec!["51".to_string()]), Some(vec!["61".to_string()])));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_dropped_while_running_fails_the_pipeline_with_the_fix() {
+    let p = TestPipeline::new("slotdrop", "CREATE TABLE t (id int PRIMARY KEY)", &["public.t"]).await;
+    let daemon = p.start();
+    p.wait_state("streaming", CONVERGE).await;
+    let admin = p.source.admin(&p.source_db).await;
+    let slot = format!("tidewater_{}", p.name);
+    admin
+        .execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .await
+        .unwrap();
+    wait_for("slot dropped", CONVERGE, || async {
+        admin.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await.ok()
+    })
+    .await;
+    let status = p.wait_state("failed", CONVERGE).await;
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("does not exist") && error.contains("tidewater_checkpoints"), "{status}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publication_dropped_while_running_fails_the_pipeline_with_the_fix() {
+    let p = TestPipeline::new("pubdrop", "CREATE TABLE t (id int PRIMARY KEY)", &["public.t"]).await;
+    let daemon = p.start();
+    p.wait_state("streaming", CONVERGE).await;
+    let src = p.source_client().await;
+    src.batch_execute(&format!("DROP PUBLICATION tidewater_{}; INSERT INTO t VALUES (1)", p.name)).await.unwrap();
+    let status = p.wait_state("failed", CONVERGE).await;
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("publication was dropped") && error.contains("re-snapshot"), "{status}");
+    daemon.stop().await;
+}

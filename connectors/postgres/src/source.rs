@@ -654,7 +654,7 @@ fn pg_epoch_to_system_time(micros: i64) -> SystemTime {
 impl Reader {
     async fn run(mut self) -> Result<(), ConnectorError> {
         loop {
-            let message = self.stream.next().await.map_err(|e| repl_error("reading the replication stream", e))?;
+            let message = self.stream.next().await.map_err(|e| self.explain(e))?;
             match message {
                 None => return Err(ConnectorError::transient("the source ended the replication stream")),
                 Some(ReplicationMessage::XLogData { wal_start, wal_end, data, .. }) => {
@@ -683,6 +683,20 @@ impl Reader {
                 }
             }
         }
+    }
+
+    /// A stream error, with the fix where we know it.
+    fn explain(&self, e: ReplicationError) -> ConnectorError {
+        if let ReplicationError::Server { message, .. } = &e {
+            if message.contains("publication") && message.contains("does not exist") {
+                return ConnectorError::fatal(format!(
+                    "the publication was dropped on the source while streaming ({message}); changes since then cannot \
+                     be decoded: delete this pipeline's row from tidewater_checkpoints in the target and restart to \
+                     re-snapshot"
+                ));
+            }
+        }
+        repl_error("reading the replication stream", e)
     }
 
     /// Returns false when the engine has gone away.
