@@ -99,7 +99,10 @@ pub async fn run_pipeline(
             }
             Err(e) => e,
         };
-        if error.class != ErrorClass::Transient {
+        // Only a fatal error ends the pipeline. An event-class error reaching this point came
+        // from outside the apply path (e.g. two pipelines racing to create the same target
+        // object): retrying is the safe reading.
+        if error.class == ErrorClass::Fatal {
             return fail(&cfg, &status, error.to_string());
         }
         // A run that made progress resets the backoff: the next failure is a new incident.

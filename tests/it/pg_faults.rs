@@ -342,3 +342,37 @@ async fn publication_dropped_while_running_fails_the_pipeline_with_the_fix() {
     assert!(error.contains("publication was dropped") && error.contains("re-snapshot"), "{status}");
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failing_pipeline_does_not_stop_the_other() {
+    let p = TestPipeline::new("twopipes", "CREATE TABLE good (id int PRIMARY KEY)", &["public.good"]).await;
+    // A second source (same server) naming a table that does not exist, in its own pipeline.
+    let text = p.config_text();
+    let url_line = text.lines().find(|l| l.starts_with("url = \"postgres://") && l.contains(&p.source_db)).unwrap();
+    let pw_line = text.lines().find(|l| l.starts_with("password_file")).unwrap();
+    let extra = format!(
+        "\n[sources.broken]\ntype = \"postgres\"\n{url_line}\n{pw_line}\ntables = [\"public.missing\"]\n\n\
+         [[pipelines]]\nname = \"{}_broken\"\nsource = \"broken\"\ntarget = \"dst\"\n",
+        p.name
+    );
+    let cfg = tidewater::config::parse(&(text + &extra)).unwrap();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let daemon = tokio::spawn(tidewater::run(cfg, rx));
+    let port = p.status_port;
+    let all = |state: &'static str, index: usize| async move {
+        let body = tidewater::http_get(&format!("http://127.0.0.1:{port}/status")).await.ok()?;
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (json["pipelines"][index]["state"] == state).then_some(json)
+    };
+    wait_for("good pipeline streaming", CONVERGE, || all("streaming", 0)).await;
+    let json = wait_for("broken pipeline failed", CONVERGE, || all("failed", 1)).await;
+    assert!(json["pipelines"][1]["last_error"].as_str().unwrap().contains("public.missing does not exist"), "{json}");
+    p.source_client().await.batch_execute("INSERT INTO good VALUES (1), (2)").await.unwrap();
+    let rows = p.wait_converged("good", "good", CONVERGE).await;
+    assert_eq!(rows.len(), 2);
+    assert!(tidewater::http_get(&format!("http://127.0.0.1:{port}/readyz")).await.unwrap_err().contains("503"));
+    stop.send(true).unwrap();
+    let outcomes = daemon.await.unwrap().unwrap();
+    assert_eq!(outcomes[0], tidewater::engine::Outcome::Stopped);
+    assert!(matches!(outcomes[1], tidewater::engine::Outcome::Failed(_)));
+}

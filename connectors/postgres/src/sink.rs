@@ -82,15 +82,20 @@ impl PgSink {
 #[async_trait]
 impl Sink for PgSink {
     async fn prepare(&mut self) -> Result<(), ConnectorError> {
-        let client = self.take_client().await?;
+        let mut client = self.take_client().await?;
         let result = async {
+            // Several pipelines (or daemons) may share a target: CREATE ... IF NOT EXISTS
+            // races, so migrations run one at a time under an advisory lock.
+            let tx = client.transaction().await.map_err(|e| pg_error("starting the migrations", e))?;
+            tx.batch_execute("SELECT pg_advisory_xact_lock(hashtext('tidewater_migrations'))")
+                .await
+                .map_err(|e| pg_error("locking the migrations", e))?;
             for (name, sql) in MIGRATIONS {
-                client
-                    .batch_execute(sql)
+                tx.batch_execute(sql)
                     .await
                     .map_err(|e| pg_error(format_args!("running migration {name} on the target"), e))?;
             }
-            Ok(())
+            tx.commit().await.map_err(|e| pg_error("committing the migrations", e))
         }
         .await;
         self.put_back(client, result)
