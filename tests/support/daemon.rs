@@ -22,6 +22,9 @@ pub struct TestPipeline {
     pub status_port: u16,
     /// Extra lines appended to the `[[pipelines]]` section.
     pub pipeline_extra: String,
+    /// Replaces the `[targets.dst]` section (e.g. a sqlite or mysql target); `None`: the
+    /// fresh Postgres target database.
+    pub target_override: Option<String>,
     pub tables: Vec<String>,
 }
 
@@ -61,6 +64,7 @@ impl TestPipeline {
             dir,
             status_port: free_port(),
             pipeline_extra: String::new(),
+            target_override: None,
             tables: tables.iter().map(|s| s.to_string()).collect(),
         };
         if !setup_sql.is_empty() {
@@ -87,10 +91,7 @@ url = "postgres://{user}@127.0.0.1:{sport}/{sdb}"
 password_file = "{pw}"
 tables = [{tables}]
 
-[targets.dst]
-type = "postgres"
-url = "postgres://{user}@127.0.0.1:{tport}/{tdb}"
-password_file = "{pw}"
+{target}
 
 [[pipelines]]
 name = "{name}"
@@ -103,11 +104,15 @@ max_batch_delay_ms = 20
             user = REPLICATOR_USER,
             sport = self.source.port,
             sdb = self.source_db,
-            tport = self.target.port,
-            tdb = self.target_db,
             pw = pw.display(),
             name = self.name,
             extra = self.pipeline_extra,
+            target = self.target_override.clone().unwrap_or_else(|| format!(
+                "[targets.dst]\ntype = \"postgres\"\nurl = \"postgres://{REPLICATOR_USER}@127.0.0.1:{}/{}\"\npassword_file = \"{}\"",
+                self.target.port,
+                self.target_db,
+                pw.display()
+            )),
         )
     }
 

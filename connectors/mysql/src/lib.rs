@@ -1,0 +1,1 @@
+//! Tidewater MySQL/MariaDB connector: binlog source, consistent snapshot, and sink.

@@ -1,0 +1,1 @@
+//! Tidewater SQLite connector: the SQLite target (sink).
