@@ -115,3 +115,33 @@ async fn wrong_password_is_rejected() {
     let c = source.connect_as(&db, "postgres", ADMIN_PASSWORD).await;
     c.simple_query("SELECT 1").await.expect("select 1");
 }
+
+#[tokio::test]
+async fn mariadb_servers_start_with_a_row_binlog() {
+    use mysql_async::prelude::Queryable;
+    let source = support::mysql::mysql_source().await;
+    let db = support::mysql::fresh_mysql_db(source, "smoke").await;
+    let mut conn = source.connect(&db).await;
+    conn.query_drop("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(10)); INSERT INTO t VALUES (1, 'x')").await.unwrap();
+    let v: Option<String> = conn.query_first("SELECT v FROM t WHERE id = 1").await.unwrap();
+    assert_eq!(v.as_deref(), Some("x"));
+    let settings: Vec<(String, String)> = conn
+        .query(
+            "SELECT variable_name, variable_value FROM information_schema.global_variables WHERE variable_name IN \
+             ('LOG_BIN', 'BINLOG_FORMAT', 'BINLOG_ROW_IMAGE', 'BINLOG_ROW_METADATA', 'CHARACTER_SET_SERVER') ORDER BY 1",
+        )
+        .await
+        .unwrap();
+    let expect = [
+        ("BINLOG_FORMAT", "ROW"),
+        ("BINLOG_ROW_IMAGE", "FULL"),
+        ("BINLOG_ROW_METADATA", "FULL"),
+        ("CHARACTER_SET_SERVER", "utf8mb4"),
+        ("LOG_BIN", "ON"),
+    ];
+    let got: Vec<(&str, &str)> = settings.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    assert_eq!(got, expect);
+    conn.disconnect().await.unwrap();
+    let target = support::mysql::mysql_target().await;
+    assert_ne!(source.port, target.port);
+}
