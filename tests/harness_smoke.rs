@@ -1,5 +1,7 @@
 //! Smoke tests for the integration-test harness itself.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::Duration;
