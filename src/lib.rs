@@ -9,6 +9,7 @@ pub mod config;
 pub mod connectors;
 pub mod engine;
 pub mod status;
+pub mod systemd;
 pub mod telemetry;
 
 use std::process::ExitCode;
@@ -31,6 +32,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<Vec<Outcome>> {
     let statuses: Vec<Arc<PipelineStatus>> = cfg.pipelines.iter().map(|p| PipelineStatus::new(&p.name)).collect();
     let registry = Registry::new(statuses.clone());
+    let notifier = tokio::spawn(systemd::run(registry.clone(), shutdown.clone()));
     let (addr, server) = status::bind(cfg.status_listen, registry)
         .await
         .map_err(|e| anyhow::anyhow!("status.listen {}: cannot listen: {e}", cfg.status_listen))?;
@@ -67,6 +69,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result
     server.abort();
     // Wait until the listener is closed, so the address is free when this returns.
     let _ = server.await;
+    let _ = notifier.await;
     Ok(outcomes)
 }
 

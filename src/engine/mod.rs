@@ -34,6 +34,8 @@ use tidewater_core::batch::BatchBuilder;
 /// bound. Memory is this many transactions (plus one batch being applied).
 const SOURCE_CHANNEL_CAPACITY: usize = 1024;
 const SNAPSHOT_CHANNEL_CAPACITY: usize = 4;
+/// How often an idle stream loop wakes up to show it is alive (systemd watchdog).
+const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// How a pipeline task ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,12 +115,9 @@ pub async fn run_pipeline(
             return fail(&cfg, &status, format!("giving up after retry.max_attempts: {error}"));
         };
         note_retry(&cfg, &status, &error, delay);
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.changed() => {
-                status.set_state(PipelineState::Stopped);
-                return Outcome::Stopped;
-            }
+        if !sleep_alive(&status, delay, &mut shutdown).await {
+            status.set_state(PipelineState::Stopped);
+            return Outcome::Stopped;
         }
     }
 }
@@ -131,7 +130,26 @@ fn fail(cfg: &PipelineConfig, status: &PipelineStatus, message: String) -> Outco
     Outcome::Failed(message)
 }
 
+/// Sleeps `delay` (a retry backoff) in short steps, showing the task is alive; returns
+/// false if shutdown came first.
+async fn sleep_alive(status: &PipelineStatus, delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    let until = tokio::time::Instant::now() + delay;
+    loop {
+        status.touch();
+        let now = tokio::time::Instant::now();
+        if now >= until {
+            return true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep((until - now).min(IDLE_TICK)) => {}
+            _ = shutdown.changed() => return false,
+        }
+    }
+}
+
 fn note_retry(cfg: &PipelineConfig, status: &PipelineStatus, error: &ConnectorError, delay: Duration) {
+    // Waiting to retry is deliberate, not wedged.
+    status.touch();
     tracing::warn!(pipeline = %cfg.name, error = %error, retry_in_ms = delay.as_millis() as u64, "transient error, retrying");
     let mut f = status.figures();
     f.state = PipelineState::Retrying;
@@ -279,6 +297,7 @@ async fn copy_tables(
                 let mut batch = ApplyBatch::checkpoint_only(&cfg.name, checkpoint.clone());
                 batch.tables.push(TableChanges::upserts(chunk.table, plan.target.clone(), chunk.rows));
                 let report = apply_once(cfg, sink, &batch).await?;
+                status.touch();
                 rows_total += rows;
                 let mut f = status.figures();
                 f.events_applied_total += rows.saturating_sub(report.dead_letters);
@@ -321,11 +340,14 @@ async fn stream(
         if *shutdown.borrow() {
             return Ok(());
         }
+        status.touch();
         let first = match carried.take() {
             Some(item) => Some(item),
             None => tokio::select! {
                 item = items.recv() => item,
                 _ = shutdown.changed() => return Ok(()),
+                // Idle: wake up now and then to show the loop is not wedged.
+                _ = tokio::time::sleep(IDLE_TICK) => continue,
             },
         };
         let Some(first) = first else {
@@ -439,6 +461,7 @@ async fn apply_large(
             });
             let apply = batch.finish(&cfg.name, Vec::new(), true);
             dead_letters += sink.apply_part(&apply, isolate).await.map_err(|e| stop_on_event(cfg, e))?.dead_letters;
+            status.touch();
             drop(part); // releases its memory budget to the source
             let next = match items.recv().await {
                 Some(item) => item,
@@ -525,9 +548,8 @@ async fn apply_with_retry(
             return Err(ConnectorError::fatal(format!("giving up after retry.max_attempts: {error}")));
         };
         note_retry(cfg, status, &error, delay);
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.changed() => return Ok(None),
+        if !sleep_alive(status, delay, shutdown).await {
+            return Ok(None);
         }
     }
 }

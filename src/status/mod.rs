@@ -52,6 +52,9 @@ pub struct Figures {
     pub last_error: Option<String>,
     /// Commit time of the oldest source transaction received but not yet applied.
     pub oldest_unapplied_commit: Option<SystemTime>,
+    /// Last time the pipeline's task showed it is making progress or idly waiting (not
+    /// wedged); the systemd watchdog only pings while this is fresh.
+    pub last_alive: Instant,
 }
 
 /// One pipeline's live status, shared by its task and the HTTP server.
@@ -76,6 +79,7 @@ impl PipelineStatus {
                 retries_total: 0,
                 last_error: None,
                 oldest_unapplied_commit: None,
+                last_alive: Instant::now(),
             }),
             progress: Arc::new(SourceProgress::default()),
         })
@@ -93,6 +97,11 @@ impl PipelineStatus {
 
     pub fn state(&self) -> PipelineState {
         self.figures().state
+    }
+
+    /// The pipeline's task is alive (see [`Figures::last_alive`]).
+    pub fn touch(&self) {
+        self.figures().last_alive = Instant::now();
     }
 
     pub fn snapshot_json(&self) -> PipelineJson {

@@ -1,3 +1,4 @@
+mod ops;
 mod pg_cli;
 mod pg_faults;
 mod pg_ops;
