@@ -89,7 +89,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
                 Err(code) => return code,
             };
             crate::telemetry::init(cfg.log_format, &cfg.log_level);
-            crate::run_until_signal(cfg).await
+            crate::run_until_signal(cfg, config).await
         }
         Command::Check { config } => check(&config).await,
         Command::Status { url, json } => status(&url, json).await,

@@ -30,22 +30,26 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// fails stays `failed` on `/status` while the others go on. Returns the outcome of each
 /// pipeline, in configuration order.
 pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<Vec<Outcome>> {
-    let statuses: Vec<Arc<PipelineStatus>> = cfg.pipelines.iter().map(|p| PipelineStatus::new(&p.name)).collect();
-    let registry = Registry::new(statuses.clone());
-    let notifier = tokio::spawn(systemd::run(registry.clone(), shutdown.clone()));
-    let (addr, server) = status::bind(cfg.status_listen, registry)
-        .await
-        .map_err(|e| anyhow::anyhow!("status.listen {}: cannot listen: {e}", cfg.status_listen))?;
-    tracing::info!(listen = %addr, "status server listening");
-    let server = tokio::spawn(server);
-    let mut tasks = Vec::new();
-    for (p, status) in cfg.pipelines.into_iter().zip(statuses) {
-        let shutdown = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            let name = p.name.clone();
-            let status_for_panic = status.clone();
-            let inner = tokio::spawn(engine::run_pipeline_with_grace(p, status, shutdown));
-            match inner.await {
+    run_with_reloads(cfg, shutdown, None).await
+}
+
+/// One running pipeline.
+struct Running {
+    cfg: config::PipelineConfig,
+    status: Arc<PipelineStatus>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Outcome>,
+}
+
+impl Running {
+    fn start(cfg: config::PipelineConfig) -> Running {
+        let status = PipelineStatus::new(&cfg.name);
+        let (stop, stop_rx) = watch::channel(false);
+        let (task_cfg, task_status) = (cfg.clone(), status.clone());
+        let task = tokio::spawn(async move {
+            let name = task_cfg.name.clone();
+            let status_for_panic = task_status.clone();
+            match tokio::spawn(engine::run_pipeline_with_grace(task_cfg, task_status, stop_rx)).await {
                 Ok(outcome) => outcome,
                 Err(e) => {
                     // A panic inside one pipeline must not take the others down.
@@ -56,16 +60,62 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result
                     Outcome::Failed(message)
                 }
             }
-        }));
+        });
+        Running { cfg, status, stop, task }
+    }
+
+    async fn finish(self) -> Outcome {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap_or_else(|e| Outcome::Failed(e.to_string()))
+    }
+}
+
+/// [`run`], also applying configurations received on `reloads` (SIGHUP): pipelines whose
+/// configuration changed are restarted, new ones started, removed ones stopped. The
+/// status address is fixed for the process's life.
+pub async fn run_with_reloads(
+    cfg: Config,
+    mut shutdown: watch::Receiver<bool>,
+    mut reloads: Option<tokio::sync::mpsc::Receiver<Config>>,
+) -> anyhow::Result<Vec<Outcome>> {
+    let registry = Registry::new(Vec::new());
+    let (addr, server) = status::bind(cfg.status_listen, registry.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("status.listen {}: cannot listen: {e}", cfg.status_listen))?;
+    tracing::info!(listen = %addr, "status server listening");
+    let server = tokio::spawn(server);
+    let mut running: Vec<Running> = cfg.pipelines.into_iter().map(Running::start).collect();
+    registry.set_pipelines(running.iter().map(|r| r.status.clone()).collect());
+    let notifier = tokio::spawn(systemd::run(registry.clone(), shutdown.clone()));
+    loop {
+        let reload = async {
+            match reloads.as_mut() {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
+            new = reload => match new {
+                Some(new) => {
+                    if new.status_listen != cfg.status_listen {
+                        tracing::warn!("status.listen changed: takes effect at the next restart");
+                    }
+                    running = apply_reload(running, new.pipelines).await;
+                    registry.set_pipelines(running.iter().map(|r| r.status.clone()).collect());
+                }
+                None => reloads = None,
+            },
+        }
+    }
+    // Stop every pipeline at once, then wait: the grace period is shared, not summed.
+    for r in &running {
+        let _ = r.stop.send(true);
     }
     let mut outcomes = Vec::new();
-    for task in tasks {
-        outcomes.push(task.await.unwrap_or_else(|e| Outcome::Failed(e.to_string())));
+    for r in running {
+        outcomes.push(r.finish().await);
     }
-    // Failed pipelines stay visible on /status (and /readyz says not ready) until the
-    // daemon is told to stop; the exit code then reports the failure.
-    let mut shutdown = shutdown;
-    let _ = shutdown.wait_for(|stop| *stop).await;
     server.abort();
     // Wait until the listener is closed, so the address is free when this returns.
     let _ = server.await;
@@ -73,22 +123,74 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result
     Ok(outcomes)
 }
 
-/// `tidewater run`: [`run`] until SIGTERM/SIGINT. Exit 0 after a clean shutdown, 1 if a
-/// pipeline failed.
-pub async fn run_until_signal(cfg: Config) -> ExitCode {
+/// Stops removed and changed pipelines, starts new and changed ones; unchanged ones keep
+/// running untouched. Returns the new set in the new configuration's order.
+async fn apply_reload(running: Vec<Running>, wanted: Vec<config::PipelineConfig>) -> Vec<Running> {
+    let mut old: std::collections::HashMap<String, Running> =
+        running.into_iter().map(|r| (r.cfg.name.clone(), r)).collect();
+    let mut next = Vec::new();
+    for cfg in wanted {
+        match old.remove(&cfg.name) {
+            Some(r) if r.cfg == cfg => next.push(r),
+            Some(r) => {
+                tracing::info!(pipeline = %cfg.name, "configuration changed: restarting the pipeline");
+                r.finish().await;
+                next.push(Running::start(cfg));
+            }
+            None => {
+                tracing::info!(pipeline = %cfg.name, "new pipeline in the configuration: starting it");
+                next.push(Running::start(cfg));
+            }
+        }
+    }
+    for (name, r) in old {
+        tracing::info!(pipeline = %name, "pipeline removed from the configuration: stopping it");
+        r.finish().await;
+    }
+    next
+}
+
+/// `tidewater run`: [`run_with_reloads`] until SIGTERM/SIGINT; SIGHUP re-reads `path`
+/// (an invalid file is rejected with a log line and the running configuration stays).
+/// Exit 0 after a clean shutdown, 1 if a pipeline failed.
+pub async fn run_until_signal(cfg: Config, path: std::path::PathBuf) -> ExitCode {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutdown requested: finishing in-flight batches");
         let _ = tx.send(true);
     });
-    match run(cfg, rx).await {
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(reload_on_sighup(path, reload_tx));
+    match run_with_reloads(cfg, rx, Some(reload_rx)).await {
         Ok(outcomes) if outcomes.iter().all(|o| *o == Outcome::Stopped) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(1),
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             eprintln!("{e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+async fn reload_on_sighup(path: std::path::PathBuf, reloads: tokio::sync::mpsc::Sender<Config>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            match config::load(&path) {
+                Ok(cfg) => {
+                    tracing::info!(config = %path.display(), "SIGHUP: configuration re-read");
+                    if reloads.send(cfg).await.is_err() {
+                        return;
+                    }
+                }
+                Err(errors) => {
+                    let text = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+                    tracing::error!(config = %path.display(), errors = %text, "SIGHUP: new configuration rejected, keeping the running one");
+                }
+            }
         }
     }
 }

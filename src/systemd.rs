@@ -57,7 +57,7 @@ pub async fn run(registry: Arc<Registry>, mut shutdown: watch::Receiver<bool>) {
     let mut ready = false;
     let mut last_status = String::new();
     loop {
-        if !ready && registry.pipelines.iter().all(|p| p.state() != PipelineState::Starting) {
+        if !ready && registry.pipelines().iter().all(|p| p.state() != PipelineState::Starting) {
             ready = true;
             let line = status_line(&registry);
             notify(&[NotifyState::Ready, NotifyState::Status(&line)]);
@@ -70,14 +70,14 @@ pub async fn run(registry: Arc<Registry>, mut shutdown: watch::Receiver<bool>) {
         }
         if let Some(limit) = watchdog {
             let now = Instant::now();
-            let wedged: Vec<&str> = registry
-                .pipelines
+            let wedged: Vec<String> = registry
+                .pipelines()
                 .iter()
                 .filter(|p| {
                     let f = p.figures();
                     !pipeline_alive(f.state, f.last_alive, now, limit)
                 })
-                .map(|p| p.name.as_str())
+                .map(|p| p.name.clone())
                 .collect();
             if wedged.is_empty() {
                 notify(&[NotifyState::Watchdog]);

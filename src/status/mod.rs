@@ -154,29 +154,42 @@ pub struct StatusJson {
     pub pipelines: Vec<PipelineJson>,
 }
 
-/// Every pipeline's status, in configuration order.
+/// Every pipeline's status, in configuration order. The list changes when a reload adds
+/// or removes pipelines.
 #[derive(Debug)]
 pub struct Registry {
     started: Instant,
-    pub pipelines: Vec<Arc<PipelineStatus>>,
+    pipelines: std::sync::RwLock<Vec<Arc<PipelineStatus>>>,
 }
 
 impl Registry {
     pub fn new(pipelines: Vec<Arc<PipelineStatus>>) -> Arc<Self> {
-        Arc::new(Registry { started: Instant::now(), pipelines })
+        Arc::new(Registry { started: Instant::now(), pipelines: std::sync::RwLock::new(pipelines) })
+    }
+
+    /// The current pipelines.
+    pub fn pipelines(&self) -> Vec<Arc<PipelineStatus>> {
+        self.pipelines.read().map(|p| p.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    pub fn set_pipelines(&self, pipelines: Vec<Arc<PipelineStatus>>) {
+        match self.pipelines.write() {
+            Ok(mut p) => *p = pipelines,
+            Err(poisoned) => *poisoned.into_inner() = pipelines,
+        }
     }
 
     pub fn json(&self) -> StatusJson {
         StatusJson {
             version: env!("CARGO_PKG_VERSION"),
             uptime_secs: self.started.elapsed().as_secs(),
-            pipelines: self.pipelines.iter().map(|p| p.snapshot_json()).collect(),
+            pipelines: self.pipelines().iter().map(|p| p.snapshot_json()).collect(),
         }
     }
 
     /// Ready when every pipeline is past starting and none has failed.
     pub fn ready(&self) -> bool {
-        self.pipelines.iter().all(|p| {
+        self.pipelines().iter().all(|p| {
             matches!(p.state(), PipelineState::Snapshotting | PipelineState::Streaming | PipelineState::Retrying)
         })
     }

@@ -111,3 +111,87 @@ async fn sd_notify_reports_ready_status_watchdog_and_stopping() {
     .await;
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_adds_and_removes_pipelines_and_keeps_running_on_a_bad_config() {
+    let p = TestPipeline::new(
+        "sighup",
+        "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY)",
+        &["public.a"],
+    )
+    .await;
+    let path = p.config_path();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidewater"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .stderr(std::fs::File::create(p.dir.path().join("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    p.wait_state("streaming", Duration::from_secs(30)).await;
+    let hup = |child: &std::process::Child| {
+        assert!(Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap().success());
+    };
+    let names = || async {
+        let body = tidewater::http_get(&format!("http://127.0.0.1:{}/status", p.status_port)).await.ok()?;
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        Some(
+            json["pipelines"]
+                .as_array()?
+                .iter()
+                .map(|p| {
+                    format!("{}={}", p["name"].as_str().unwrap_or_default(), p["state"].as_str().unwrap_or_default())
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+
+    // Add a second pipeline (table b) in the file, SIGHUP: both run.
+    let base = p.config_text();
+    let second = format!("\n[[pipelines]]\nname = \"{}_b\"\nsource = \"src_b\"\ntarget = \"dst\"\n", p.name);
+    let src_b = base
+        .split("[sources.src]")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .unwrap()
+        .replace("\"public.a\"", "\"public.b\"");
+    let with_b = format!("{base}\n[sources.src_b]{src_b}\n{second}");
+    std::fs::write(&path, &with_b).unwrap();
+    hup(&child);
+    let both = format!("{}_b=streaming", p.name);
+    wait_for("second pipeline streaming", Duration::from_secs(30), || async {
+        names().await.filter(|n| n.len() == 2 && n.contains(&both))
+    })
+    .await;
+    p.source_client().await.batch_execute("INSERT INTO b VALUES (7)").await.unwrap();
+    p.wait_converged("b", "b", Duration::from_secs(30)).await;
+
+    // A broken file is rejected; both pipelines keep running.
+    std::fs::write(&path, "this is = not [valid toml").unwrap();
+    hup(&child);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(child.try_wait().unwrap().is_none(), "daemon still running");
+    assert_eq!(names().await.unwrap().len(), 2);
+    let log = std::fs::read_to_string(p.dir.path().join("daemon.log")).unwrap();
+    assert!(log.contains("new configuration rejected"), "{log}");
+
+    // Remove the first pipeline: only the second remains.
+    let only_b = with_b.replacen(
+        &format!("[[pipelines]]\nname = \"{}\"\nsource = \"src\"\ntarget = \"dst\"\nmax_batch_delay_ms = 20\n", p.name),
+        "",
+        1,
+    );
+    assert_ne!(only_b, with_b, "the first pipeline's section was found");
+    std::fs::write(&path, only_b).unwrap();
+    hup(&child);
+    wait_for("first pipeline removed", Duration::from_secs(30), || async {
+        names().await.filter(|n| n.len() == 1 && n[0] == both)
+    })
+    .await;
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = wait_for("exit", Duration::from_secs(20), || {
+        let s = child.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    assert!(status.success());
+}
