@@ -379,11 +379,12 @@ async fn stream(
         note_pending(status, batch.oldest_commit);
         let (events, transactions) = (batch.events as u64, batch.transactions as u64);
         let apply = batch.finish(&cfg.name, Vec::new(), true);
-        let Some(report) = apply_with_retry(cfg, status, shutdown, sink, &apply).await? else {
+        let Some((report, apply_seconds)) = apply_with_retry(cfg, status, shutdown, sink, &apply).await? else {
             return Ok(()); // shutdown while retrying: nothing partial was committed
         };
         let position = apply.checkpoint.position.clone();
-        record_applied(status, &acks, Applied { position, events, transactions, dead_letters: report.dead_letters });
+        let dead_letters = report.dead_letters;
+        record_applied(status, &acks, Applied { position, events, transactions, dead_letters, apply_seconds });
     }
 }
 
@@ -393,6 +394,8 @@ struct Applied {
     events: u64,
     transactions: u64,
     dead_letters: u64,
+    /// Duration of the successful target apply.
+    apply_seconds: f64,
 }
 
 /// The commit is durable: acknowledge it to the source and count it.
@@ -408,6 +411,10 @@ fn record_applied(status: &PipelineStatus, acks: &watch::Sender<Option<String>>,
     f.transactions_applied_total += applied.transactions;
     f.dead_letters_total += applied.dead_letters;
     f.oldest_unapplied_commit = None;
+    if applied.transactions > 0 {
+        f.batch_events.observe(applied.events as f64);
+        f.apply_seconds.observe(applied.apply_seconds);
+    }
     if f.state == PipelineState::Retrying {
         f.state = PipelineState::Streaming;
     }
@@ -444,6 +451,7 @@ async fn apply_large(
     handle: &mut StreamGuard,
 ) -> Result<Applied, ConnectorError> {
     let isolate = cfg.on_error == OnError::DeadLetter;
+    let started = Instant::now();
     let result = async {
         sink.begin_large().await?;
         note_pending(status, Some(first.commit_time));
@@ -476,7 +484,13 @@ async fn apply_large(
                     let last = batch.finish(&cfg.name, Vec::new(), true);
                     let report = sink.commit_large(&last, isolate).await.map_err(|e| stop_on_event(cfg, e))?;
                     dead_letters += report.dead_letters;
-                    return Ok(Applied { position: last.checkpoint.position, events, transactions: 1, dead_letters });
+                    return Ok(Applied {
+                        position: last.checkpoint.position,
+                        events,
+                        transactions: 1,
+                        dead_letters,
+                        apply_seconds: started.elapsed().as_secs_f64(),
+                    });
                 }
                 SourceItem::Heartbeat { position } => {
                     return Err(ConnectorError::fatal(format!(
@@ -528,19 +542,20 @@ async fn apply_once(
     }
 }
 
-/// Applies one batch, retrying transient failures with backoff. Returns None when shut
-/// down before it could be applied.
+/// Applies one batch, retrying transient failures with backoff. Returns the report and the
+/// successful attempt's duration, or None when shut down before it could be applied.
 async fn apply_with_retry(
     cfg: &PipelineConfig,
     status: &PipelineStatus,
     shutdown: &mut watch::Receiver<bool>,
     sink: &mut dyn Sink,
     batch: &ApplyBatch,
-) -> Result<Option<ApplyReport>, ConnectorError> {
+) -> Result<Option<(ApplyReport, f64)>, ConnectorError> {
     let mut delays = backoff(&cfg.retry);
     loop {
+        let started = Instant::now();
         let error = match apply_once(cfg, sink, batch).await {
-            Ok(report) => return Ok(Some(report)),
+            Ok(report) => return Ok(Some((report, started.elapsed().as_secs_f64()))),
             Err(e) if e.class == ErrorClass::Transient => e,
             Err(e) => return Err(e),
         };

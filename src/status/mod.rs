@@ -1,6 +1,6 @@
 //! Pipeline status: the shared figures every pipeline updates, and the HTTP server that
 //! shows them (`/status` JSON as PRODUCT.md defines it, `/healthz`, `/readyz`,
-//! `/metrics` in Prometheus text format).
+//! `/metrics` in Prometheus text format, and the dashboard page at `/`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -55,6 +55,49 @@ pub struct Figures {
     /// Last time the pipeline's task showed it is making progress or idly waiting (not
     /// wedged); the systemd watchdog only pings while this is fresh.
     pub last_alive: Instant,
+    /// Events per applied batch.
+    pub batch_events: Histogram,
+    /// Seconds per successful target apply (one target transaction).
+    pub apply_seconds: Histogram,
+}
+
+/// A fixed-bucket histogram in the Prometheus sense (counts per upper bound).
+#[derive(Debug, Clone)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+pub const BATCH_EVENT_BUCKETS: &[f64] = &[1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0];
+pub const APPLY_SECONDS_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram { bounds, counts: vec![0; bounds.len()], sum: 0.0, count: 0 }
+    }
+
+    pub fn observe(&mut self, value: f64) {
+        if let Some(i) = self.bounds.iter().position(|&b| value <= b) {
+            self.counts[i] += 1;
+        }
+        self.sum += value;
+        self.count += 1;
+    }
+
+    /// (upper bound, cumulative count) per bucket, without `+Inf`.
+    pub fn cumulative(&self) -> Vec<(f64, u64)> {
+        let mut total = 0;
+        self.bounds
+            .iter()
+            .zip(&self.counts)
+            .map(|(&b, &c)| {
+                total += c;
+                (b, total)
+            })
+            .collect()
+    }
 }
 
 /// One pipeline's live status, shared by its task and the HTTP server.
@@ -80,6 +123,8 @@ impl PipelineStatus {
                 last_error: None,
                 oldest_unapplied_commit: None,
                 last_alive: Instant::now(),
+                batch_events: Histogram::new(BATCH_EVENT_BUCKETS),
+                apply_seconds: Histogram::new(APPLY_SECONDS_BUCKETS),
             }),
             progress: Arc::new(SourceProgress::default()),
         })
@@ -197,11 +242,17 @@ impl Registry {
 
 pub fn router(registry: Arc<Registry>) -> Router {
     Router::new()
+        .route("/", get(dashboard))
         .route("/status", get(status))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(registry)
+}
+
+/// The dashboard: one self-contained page (no external assets) that polls `/status`.
+async fn dashboard() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("dashboard.html"))
 }
 
 async fn status(State(registry): State<Arc<Registry>>) -> Json<StatusJson> {
@@ -217,12 +268,13 @@ async fn readyz(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render_metrics(&registry.json()))
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render_metrics(&registry))
 }
 
 /// Prometheus text exposition of the status figures.
-pub fn render_metrics(status: &StatusJson) -> String {
+pub fn render_metrics(registry: &Registry) -> String {
     use std::fmt::Write as _;
+    let status = &registry.json();
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, value: &dyn Fn(&PipelineJson) -> f64| {
         let _ = writeln!(out, "# HELP tidewater_{name} {help}\n# TYPE tidewater_{name} {kind}");
@@ -248,6 +300,26 @@ pub fn render_metrics(status: &StatusJson) -> String {
     );
     for p in &status.pipelines {
         let _ = writeln!(out, "tidewater_pipeline_state{{pipeline=\"{}\",state=\"{}\"}} 1", p.name, p.state.as_str());
+    }
+    let pipelines = registry.pipelines();
+    for (name, help, pick) in [
+        (
+            "batch_events",
+            "Change events per applied batch (one target transaction).",
+            (|f: &Figures| f.batch_events.clone()) as fn(&Figures) -> Histogram,
+        ),
+        ("apply_duration_seconds", "Seconds per successful target apply.", |f: &Figures| f.apply_seconds.clone()),
+    ] {
+        let _ = writeln!(out, "# HELP tidewater_{name} {help}\n# TYPE tidewater_{name} histogram");
+        for p in &pipelines {
+            let h = pick(&p.figures());
+            for (bound, count) in h.cumulative() {
+                let _ = writeln!(out, "tidewater_{name}_bucket{{pipeline=\"{}\",le=\"{bound}\"}} {count}", p.name);
+            }
+            let _ = writeln!(out, "tidewater_{name}_bucket{{pipeline=\"{}\",le=\"+Inf\"}} {}", p.name, h.count);
+            let _ = writeln!(out, "tidewater_{name}_sum{{pipeline=\"{}\"}} {}", p.name, h.sum);
+            let _ = writeln!(out, "tidewater_{name}_count{{pipeline=\"{}\"}} {}", p.name, h.count);
+        }
     }
     out
 }

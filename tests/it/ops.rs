@@ -195,3 +195,56 @@ async fn sighup_adds_and_removes_pipelines_and_keeps_running_on_a_bad_config() {
     .await;
     assert!(status.success());
 }
+
+/// Runs headless Chromium on `url`; returns the DOM after scripts ran for a few seconds.
+pub fn chromium_dump_dom(url: &str, screenshot: Option<&std::path::Path>) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new("chromium");
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,900",
+        "--virtual-time-budget=7000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()));
+    match screenshot {
+        Some(path) => cmd.arg(format!("--screenshot={}", path.display())),
+        None => cmd.arg("--dump-dom"),
+    };
+    let out =
+        cmd.arg(url).output().unwrap_or_else(|e| panic!("headless chromium is needed (apt-get install chromium): {e}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_the_pipeline_and_a_lag_chart_in_headless_chromium() {
+    let p = TestPipeline::new("dashboard", "CREATE TABLE t (id int PRIMARY KEY)", &["public.t"]).await;
+    let daemon = p.start();
+    p.wait_state("streaming", Duration::from_secs(30)).await;
+    p.source_client().await.batch_execute("INSERT INTO t SELECT generate_series(1, 100)").await.unwrap();
+    p.wait_converged("t", "t", Duration::from_secs(30)).await;
+    let url = format!("http://127.0.0.1:{}/", p.status_port);
+    let page = tidewater::http_get(&url).await.unwrap();
+    assert!(!page.contains("http://") && !page.contains("https://"), "the page loads nothing from outside");
+    let dom = tokio::task::spawn_blocking(move || chromium_dump_dom(&url, None)).await.unwrap();
+    assert!(dom.contains(&format!("data-pipeline=\"{}\"", p.name)), "pipeline row missing: {dom}");
+    assert!(dom.contains("class=\"state streaming\""), "state missing: {dom}");
+    let points: u32 = dom
+        .split("data-points=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("chart has no data-points: {dom}"));
+    assert!(points >= 2, "the lag chart has {points} points");
+    if let Ok(path) = std::env::var("TIDEWATER_DASHBOARD_SCREENSHOT") {
+        let url = format!("http://127.0.0.1:{}/", p.status_port);
+        tokio::task::spawn_blocking(move || chromium_dump_dom(&url, Some(std::path::Path::new(&path)))).await.unwrap();
+    }
+    daemon.stop().await;
+}

@@ -27,6 +27,19 @@ async fn status_command_and_http_endpoints_describe_the_pipeline() {
     let applied = format!("tidewater_events_applied_total{{pipeline=\"{}\"}} ", p.name);
     assert!(metrics.contains(&applied), "{metrics}");
     assert!(metrics.contains(&format!("tidewater_pipeline_state{{pipeline=\"{}\",state=\"streaming\"}} 1", p.name)));
+    for family in ["tidewater_batch_events", "tidewater_apply_duration_seconds"] {
+        assert!(metrics.contains(&format!("# TYPE {family} histogram")), "{metrics}");
+        let count_line = format!("{family}_count{{pipeline=\"{}\"}} ", p.name);
+        let count: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&count_line))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{count_line} missing: {metrics}"));
+        assert!(count >= 1, "{family} observed the applied batch");
+    }
+    for family in ["lag_seconds", "lag_bytes", "retries_total", "dead_letters_total", "transactions_applied_total"] {
+        assert!(metrics.contains(&format!("tidewater_{family}{{pipeline=\"{}\"}}", p.name)), "{family}: {metrics}");
+    }
 
     let json: serde_json::Value = serde_json::from_str(&http(p.status_port, "/status").await.unwrap()).unwrap();
     assert_eq!(json["version"], env!("CARGO_PKG_VERSION"));
