@@ -49,7 +49,10 @@ impl Running {
         let task = tokio::spawn(async move {
             let name = task_cfg.name.clone();
             let status_for_panic = task_status.clone();
-            match tokio::spawn(engine::run_pipeline_with_grace(task_cfg, task_status, stop_rx)).await {
+            // Every event a pipeline logs carries its name.
+            let span = tracing::info_span!("pipeline", pipeline = %name);
+            let run = tracing::Instrument::instrument(engine::run_pipeline_with_grace(task_cfg, task_status, stop_rx), span);
+            match tokio::spawn(run).await {
                 Ok(outcome) => outcome,
                 Err(e) => {
                     // A panic inside one pipeline must not take the others down.
