@@ -25,6 +25,9 @@ pub struct TestPipeline {
     /// Replaces the `[targets.dst]` section (e.g. a sqlite or mysql target); `None`: the
     /// fresh Postgres target database.
     pub target_override: Option<String>,
+    /// Connect the daemon to these ports instead of the servers' own (e.g. a proxy).
+    pub source_port_via: Option<u16>,
+    pub target_port_via: Option<u16>,
     pub tables: Vec<String>,
 }
 
@@ -65,6 +68,8 @@ impl TestPipeline {
             status_port: free_port(),
             pipeline_extra: String::new(),
             target_override: None,
+            source_port_via: None,
+            target_port_via: None,
             tables: tables.iter().map(|s| s.to_string()).collect(),
         };
         if !setup_sql.is_empty() {
@@ -102,14 +107,14 @@ max_batch_delay_ms = 20
 "#,
             port = self.status_port,
             user = REPLICATOR_USER,
-            sport = self.source.port,
+            sport = self.source_port_via.unwrap_or(self.source.port),
             sdb = self.source_db,
             pw = pw.display(),
             name = self.name,
             extra = self.pipeline_extra,
             target = self.target_override.clone().unwrap_or_else(|| format!(
                 "[targets.dst]\ntype = \"postgres\"\nurl = \"postgres://{REPLICATOR_USER}@127.0.0.1:{}/{}\"\npassword_file = \"{}\"",
-                self.target.port,
+                self.target_port_via.unwrap_or(self.target.port),
                 self.target_db,
                 pw.display()
             )),

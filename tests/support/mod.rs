@@ -6,6 +6,7 @@
 pub mod daemon;
 pub mod mysql;
 pub mod pg;
+pub mod proxy;
 
 #[allow(unused_imports)]
 pub use daemon::TestPipeline;

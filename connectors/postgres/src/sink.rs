@@ -65,7 +65,16 @@ impl PgSink {
             Some(c) if !c.is_closed() => Ok(c),
             _ => {
                 self.state.statements.clear();
-                connect(&self.endpoint).await
+                let client = connect(&self.endpoint).await?;
+                // The slot is acknowledged as soon as a commit returns, so the commit must be
+                // durable by then whatever the target server's default is: with
+                // synchronous_commit = off a crash could lose a batch the source already
+                // released.
+                client
+                    .batch_execute("SET synchronous_commit = on")
+                    .await
+                    .map_err(|e| pg_error("setting synchronous_commit on the target", e))?;
+                Ok(client)
             }
         }
     }
