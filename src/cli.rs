@@ -114,31 +114,22 @@ async fn check(path: &std::path::Path) -> ExitCode {
     let mut checked_targets = std::collections::BTreeSet::new();
     for p in &cfg.pipelines {
         if checked_sources.insert(p.source.name.clone()) {
-            let results = match crate::connectors::source_pg_endpoint(p) {
-                Ok(ep) if p.source.kind == config::SourceKind::Postgres => {
-                    tidewater_postgres::check::check_source(&p.source.name, &ep, &p.source.tables).await
+            let results = if p.source.kind == config::SourceKind::Postgres {
+                match crate::connectors::source_pg_endpoint(p) {
+                    Ok(ep) => tidewater_postgres::check::check_source(&p.source.name, &ep, &p.source.tables).await,
+                    Err(e) => vec![failure("settings", e.message)],
                 }
-                Ok(_) => vec![unsupported("mysql sources are not available in this build yet")],
-                Err(e) => vec![tidewater_postgres::check::CheckResult {
-                    what: "password".into(),
-                    ok: false,
-                    detail: e.message,
-                }],
+            } else {
+                check_source_generic(p).await
             };
             failed |= print_results(&format!("source {}", p.source.name), &results);
         }
         if checked_targets.insert(p.target.name.clone()) {
             let results = match crate::connectors::target_pg_endpoint(p) {
                 Ok(Some(ep)) => tidewater_postgres::check::check_target(&p.target.name, &ep).await,
-                Ok(None) if p.target.kind != TargetKind::Postgres => {
-                    vec![unsupported("mysql and sqlite targets are not available in this build yet")]
-                }
-                Ok(None) => vec![unsupported("target has no url")],
-                Err(e) => vec![tidewater_postgres::check::CheckResult {
-                    what: "password".into(),
-                    ok: false,
-                    detail: e.message,
-                }],
+                Ok(None) if p.target.kind != TargetKind::Postgres => check_target_generic(p).await,
+                Ok(None) => vec![failure("url", "the target has no url".into())],
+                Err(e) => vec![failure("settings", e.message)],
             };
             failed |= print_results(&format!("target {}", p.target.name), &results);
         }
@@ -152,8 +143,59 @@ async fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn unsupported(detail: &str) -> tidewater_postgres::check::CheckResult {
-    tidewater_postgres::check::CheckResult { what: "type".into(), ok: false, detail: detail.into() }
+fn failure(what: &str, detail: String) -> tidewater_postgres::check::CheckResult {
+    tidewater_postgres::check::CheckResult { what: what.into(), ok: false, detail }
+}
+
+/// Checks a non-Postgres source through its own `prepare` (server settings, grants, every
+/// configured table and its key); it has no side effects on MySQL.
+async fn check_source_generic(p: &config::PipelineConfig) -> Vec<tidewater_postgres::check::CheckResult> {
+    let mut source = match crate::connectors::source(p) {
+        Ok(s) => s,
+        Err(e) => return vec![failure("config", e.message)],
+    };
+    match source.prepare().await {
+        Ok(tables) => {
+            let mut results = vec![tidewater_postgres::check::CheckResult {
+                what: "connect, server settings and grants".into(),
+                ok: true,
+                detail: "ok".into(),
+            }];
+            for t in tables {
+                results.push(tidewater_postgres::check::CheckResult {
+                    what: format!("table {}", t.id),
+                    ok: true,
+                    detail: format!("{} columns, key ({})", t.columns.len(), t.key_names().join(", ")),
+                });
+            }
+            results
+        }
+        Err(e) => vec![failure("connect, server settings, grants and tables", e.to_string())],
+    }
+}
+
+/// Checks a non-Postgres target by connecting and running its (idempotent) migrations,
+/// which proves it is reachable and writable.
+async fn check_target_generic(p: &config::PipelineConfig) -> Vec<tidewater_postgres::check::CheckResult> {
+    if let (TargetKind::Sqlite, Some(path)) = (p.target.kind, &p.target.path) {
+        // Creates nothing: checks the directory and any existing file.
+        return match tidewater_sqlite::check_target(path).await {
+            Ok(detail) => vec![tidewater_postgres::check::CheckResult { what: "writable".into(), ok: true, detail }],
+            Err(e) => vec![failure("writable", e.to_string())],
+        };
+    }
+    let mut sink = match crate::connectors::sink(p) {
+        Ok(s) => s,
+        Err(e) => return vec![failure("config", e.message)],
+    };
+    match sink.prepare().await {
+        Ok(()) => vec![tidewater_postgres::check::CheckResult {
+            what: "writable".into(),
+            ok: true,
+            detail: "connected; bookkeeping tables present".into(),
+        }],
+        Err(e) => vec![failure("writable", e.to_string())],
+    }
 }
 
 /// Prints results; returns true when any failed.

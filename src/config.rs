@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+pub use tidewater_postgres::SslMode;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/tidewater/tidewater.toml";
 pub const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:8790";
@@ -91,6 +92,12 @@ pub struct RawSource {
     pub slot: Option<String>,
     /// Postgres: publication name (default `tidewater_<pipeline>`).
     pub publication: Option<String>,
+    /// Postgres: `disable`, `prefer` (default), `require`, `verify-ca` or `verify-full`,
+    /// as libpq's sslmode; applies to the replication connection too.
+    pub sslmode: Option<String>,
+    /// Postgres: PEM file with the CA certificate(s) the server certificate must chain
+    /// to; required by (and only used with) `verify-ca` and `verify-full`.
+    pub ssl_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +111,10 @@ pub struct RawTarget {
     pub path: Option<PathBuf>,
     pub password_file: Option<PathBuf>,
     pub password_env: Option<String>,
+    /// Postgres: as `sources.NAME.sslmode`.
+    pub sslmode: Option<String>,
+    /// Postgres: as `sources.NAME.ssl_ca_file`.
+    pub ssl_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,6 +189,13 @@ impl Secret {
     }
 }
 
+/// TLS settings of a Postgres connection, validated (the CA file is read when connecting).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub sslmode: SslMode,
+    pub ca_file: Option<PathBuf>,
+}
+
 /// Connection settings parsed from a URL, password excluded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -196,6 +214,7 @@ pub struct SourceConfig {
     pub password: Secret,
     pub tables: Vec<String>,
     pub server_id: Option<u32>,
+    pub tls: TlsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,6 +224,7 @@ pub struct TargetConfig {
     pub endpoint: Option<Endpoint>,
     pub path: Option<PathBuf>,
     pub password: Secret,
+    pub tls: TlsConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -358,6 +378,14 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
                 Some(_) => {}
             }
         }
+        let tls = tls_config(
+            &key,
+            kind.map(|k| k == SourceKind::Postgres),
+            Some(&src.url),
+            &src.sslmode,
+            &src.ssl_ca_file,
+            &mut errors,
+        );
         if let (Some(kind), Some(endpoint)) = (kind, endpoint) {
             sources.insert(
                 name.clone(),
@@ -369,6 +397,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
                         password,
                         tables: src.tables.clone(),
                         server_id: src.server_id,
+                        tls,
                     },
                     src.slot.clone(),
                     src.publication.clone(),
@@ -407,10 +436,18 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
             }
             (None, None) => None,
         };
+        let tls = tls_config(
+            &key,
+            kind.map(|k| k == TargetKind::Postgres),
+            tgt.url.as_deref(),
+            &tgt.sslmode,
+            &tgt.ssl_ca_file,
+            &mut errors,
+        );
         if let Some(kind) = kind {
             targets.insert(
                 name.clone(),
-                TargetConfig { name: name.clone(), kind, endpoint, path: tgt.path.clone(), password },
+                TargetConfig { name: name.clone(), kind, endpoint, path: tgt.path.clone(), password, tls },
             );
         }
     }
@@ -544,6 +581,73 @@ fn secret(key: &str, file: &Option<PathBuf>, env: &Option<String>, errors: &mut 
     }
 }
 
+/// Validates `sslmode` / `ssl_ca_file` of the section `key`. `postgres` is `None` when the
+/// type itself is invalid (already reported).
+fn tls_config(
+    key: &str,
+    postgres: Option<bool>,
+    url: Option<&str>,
+    sslmode: &Option<String>,
+    ca_file: &Option<PathBuf>,
+    errors: &mut Vec<ConfigError>,
+) -> TlsConfig {
+    let mut tls = TlsConfig { sslmode: SslMode::default(), ca_file: ca_file.clone() };
+    if postgres == Some(false) {
+        if sslmode.is_some() || ca_file.is_some() {
+            let which = if sslmode.is_some() { "sslmode" } else { "ssl_ca_file" };
+            errors.push(err(
+                format!("{key}.{which}"),
+                "sslmode and ssl_ca_file apply to postgres connections only in this build: remove them",
+            ));
+        }
+        return tls;
+    }
+    // libpq users write sslmode into the URL; the query string is not read, so say so
+    // instead of silently connecting with the default.
+    if let Some(query) = url.and_then(|u| u.split_once('?')).map(|(_, q)| q) {
+        for param in ["sslmode", "sslrootcert"] {
+            if query.split('&').any(|kv| kv.split('=').next() == Some(param)) {
+                let instead = if param == "sslmode" { "sslmode" } else { "ssl_ca_file" };
+                errors.push(err(
+                    format!("{key}.url"),
+                    format!("{param} in the URL is not read: remove it and set {instead} = \"...\" in [{key}]"),
+                ));
+            }
+        }
+    }
+    if let Some(text) = sslmode {
+        match SslMode::parse(text) {
+            Some(mode) => tls.sslmode = mode,
+            None => errors.push(err(
+                format!("{key}.sslmode"),
+                format!("{text:?} is not one of disable, prefer, require, verify-ca, verify-full"),
+            )),
+        }
+    }
+    match (&tls.ca_file, tls.sslmode) {
+        (Some(path), _) if path.as_os_str().is_empty() => {
+            errors.push(err(format!("{key}.ssl_ca_file"), "is empty: give the path of a PEM file"));
+        }
+        (None, SslMode::VerifyCa | SslMode::VerifyFull) => errors.push(err(
+            format!("{key}.ssl_ca_file"),
+            format!(
+                "required with sslmode = \"{}\": the PEM file of the CA that signed the server certificate \
+                 (to trust the system's CAs: \"/etc/ssl/certs/ca-certificates.crt\")",
+                tls.sslmode
+            ),
+        )),
+        (Some(_), mode @ (SslMode::Disable | SslMode::Prefer | SslMode::Require)) => errors.push(err(
+            format!("{key}.ssl_ca_file"),
+            format!(
+                "is only used with sslmode = \"verify-ca\" or \"verify-full\", not \"{mode}\": set sslmode = \
+                 \"verify-full\" to check the server certificate against it, or remove ssl_ca_file"
+            ),
+        )),
+        _ => {}
+    }
+    tls
+}
+
 /// Parses `scheme://user@host:port/database`. A password in the URL is refused: secrets
 /// belong in `password_file` / `password_env`.
 fn parse_url(url: &str, key: &str, errors: &mut Vec<ConfigError>) -> Option<Endpoint> {
@@ -649,6 +753,47 @@ target = "wh"
         let keys: Vec<_> = e.iter().map(|e| e.key.as_str()).collect();
         assert!(keys.contains(&"pipelines[0].source"), "{keys:?}");
         assert!(keys.contains(&"pipelines[0].snapshot"), "{keys:?}");
+    }
+
+    #[test]
+    fn tls_keys_default_to_prefer_and_are_checked() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.pipelines[0].source.tls, TlsConfig { sslmode: SslMode::Prefer, ca_file: None });
+        assert_eq!(c.pipelines[0].target.tls.sslmode, SslMode::Prefer);
+
+        let with = |source_lines: &str, target_lines: &str| {
+            GOOD.replace("tables = [\"public.orders\"]\n", &format!("tables = [\"public.orders\"]\n{source_lines}\n"))
+                .replace("warehouse\"\n", &format!("warehouse\"\n{target_lines}\n"))
+        };
+        let c =
+            parse(&with("sslmode = \"verify-full\"\nssl_ca_file = \"/etc/ca.pem\"", "sslmode = \"require\"")).unwrap();
+        let p = &c.pipelines[0];
+        assert_eq!(p.source.tls.sslmode, SslMode::VerifyFull);
+        assert_eq!(p.source.tls.ca_file.as_deref(), Some(Path::new("/etc/ca.pem")));
+        assert_eq!(p.target.tls.sslmode, SslMode::Require);
+
+        let cases = [
+            (
+                with("sslmode = \"verify-full\"", ""),
+                "sources.app.ssl_ca_file",
+                "required with sslmode = \"verify-full\"",
+            ),
+            (with("", "sslmode = \"verify-ca\""), "targets.wh.ssl_ca_file", "required with sslmode = \"verify-ca\""),
+            (with("sslmode = \"verify_full\"", ""), "sources.app.sslmode", "not one of disable, prefer"),
+            (with("sslmode = \"require\"\nssl_ca_file = \"/ca.pem\"", ""), "sources.app.ssl_ca_file", "only used with"),
+            (with("ssl_ca_file = \"/ca.pem\"", ""), "sources.app.ssl_ca_file", "not \"prefer\""),
+            (GOOD.replace("5432/app\"", "5432/app?sslmode=require\""), "sources.app.url", "sslmode in the URL"),
+        ];
+        for (text, key, problem) in cases {
+            let e = parse(&text).unwrap_err();
+            assert!(e.iter().any(|e| e.key == key && e.problem.contains(problem)), "{key}: {e:?}");
+        }
+        let sqlite = GOOD.replace(
+            "type = \"postgres\"\nurl = \"postgres://tidewater@127.0.0.1:5433/warehouse\"",
+            "type = \"sqlite\"\npath = \"/tmp/x.db\"\nsslmode = \"require\"",
+        );
+        let e = parse(&sqlite).unwrap_err();
+        assert!(e.iter().any(|e| e.key == "targets.wh.sslmode"), "{e:?}");
     }
 
     #[test]

@@ -2,17 +2,25 @@
 //! every connector type.
 
 use tidewater_core::{ConnectorError, Sink, Source};
-use tidewater_postgres::{PgEndpoint, PgSink, PgSource, PgSourceConfig};
+use tidewater_mysql::sink::MysqlEndpoint;
+use tidewater_mysql::{MysqlSink, MysqlSource, MysqlSourceConfig};
+use tidewater_postgres::{PgEndpoint, PgSink, PgSource, PgSourceConfig, TlsSettings};
+use tidewater_sqlite::SqliteSink;
 
-use crate::config::{Endpoint, PipelineConfig, Secret, SourceKind, TargetKind};
+use crate::config::{Endpoint, PipelineConfig, Secret, SourceKind, TargetKind, TlsConfig};
 
+/// The connector's view of one Postgres endpoint: reads the password and the CA file
+/// now; errors name the key (`sources.NAME` / `targets.NAME`), never a secret.
 fn pg_endpoint(
     endpoint: &Endpoint,
     secret: &Secret,
+    tls: &TlsConfig,
     application_name: String,
     key: &str,
 ) -> Result<PgEndpoint, ConnectorError> {
     let password = secret.read().map_err(|e| ConnectorError::fatal(format!("{key}: {e}")))?;
+    let tls = TlsSettings::new(tls.sslmode, tls.ca_file.as_deref())
+        .map_err(|e| ConnectorError::fatal(format!("{key}: {e}")))?;
     Ok(PgEndpoint {
         host: endpoint.host.clone(),
         port: endpoint.port,
@@ -20,7 +28,24 @@ fn pg_endpoint(
         password,
         database: endpoint.database.clone(),
         application_name,
+        tls,
     })
+}
+
+fn mysql_endpoint(endpoint: &Endpoint, secret: &Secret, key: &str) -> Result<MysqlEndpoint, ConnectorError> {
+    let password = secret.read().map_err(|e| ConnectorError::fatal(format!("{key}: {e}")))?;
+    Ok(MysqlEndpoint {
+        host: endpoint.host.clone(),
+        port: endpoint.port,
+        user: endpoint.user.clone(),
+        password,
+        database: endpoint.database.clone(),
+    })
+}
+
+/// The MySQL endpoint of a pipeline's source or target, for `check`.
+pub fn mysql_endpoint_of(endpoint: &Endpoint, secret: &Secret, key: &str) -> Result<MysqlEndpoint, ConnectorError> {
+    mysql_endpoint(endpoint, secret, key)
 }
 
 pub fn source(cfg: &PipelineConfig) -> Result<Box<dyn Source>, ConnectorError> {
@@ -28,13 +53,28 @@ pub fn source(cfg: &PipelineConfig) -> Result<Box<dyn Source>, ConnectorError> {
     match cfg.source.kind {
         SourceKind::Postgres => Ok(Box::new(PgSource::new(PgSourceConfig {
             source_name: cfg.source.name.clone(),
-            endpoint: pg_endpoint(&cfg.source.endpoint, &cfg.source.password, format!("tidewater_{}", cfg.name), &key)?,
+            endpoint: pg_endpoint(
+                &cfg.source.endpoint,
+                &cfg.source.password,
+                &cfg.source.tls,
+                format!("tidewater_{}", cfg.name),
+                &key,
+            )?,
             tables: cfg.source.tables.clone(),
             slot: cfg.slot.clone(),
             publication: cfg.publication.clone(),
         }))),
         SourceKind::Mysql => {
-            Err(ConnectorError::fatal(format!("{key}: mysql sources are not available in this build yet")))
+            let server_id = cfg
+                .source
+                .server_id
+                .ok_or_else(|| ConnectorError::fatal(format!("{key}.server_id is required for mysql sources")))?;
+            Ok(Box::new(MysqlSource::new(MysqlSourceConfig {
+                source_name: cfg.source.name.clone(),
+                endpoint: mysql_endpoint(&cfg.source.endpoint, &cfg.source.password, &key)?,
+                tables: cfg.source.tables.clone(),
+                server_id,
+            })))
         }
     }
 }
@@ -45,14 +85,19 @@ pub fn sink(cfg: &PipelineConfig) -> Result<Box<dyn Sink>, ConnectorError> {
         (TargetKind::Postgres, Some(endpoint)) => Ok(Box::new(PgSink::new(pg_endpoint(
             endpoint,
             &cfg.target.password,
+            &cfg.target.tls,
             format!("tidewater_{}", cfg.name),
             &key,
         )?))),
         (TargetKind::Postgres, None) => Err(ConnectorError::fatal(format!("{key}.url is required"))),
-        (TargetKind::Mysql | TargetKind::Sqlite, _) => Err(ConnectorError::fatal(format!(
-            "{key}: {:?} targets are not available in this build yet",
-            cfg.target.kind
-        ))),
+        (TargetKind::Mysql, Some(endpoint)) => {
+            Ok(Box::new(MysqlSink::new(mysql_endpoint(endpoint, &cfg.target.password, &key)?)))
+        }
+        (TargetKind::Mysql, None) => Err(ConnectorError::fatal(format!("{key}.url is required"))),
+        (TargetKind::Sqlite, _) => match &cfg.target.path {
+            Some(path) => Ok(Box::new(SqliteSink::new(path.clone()))),
+            None => Err(ConnectorError::fatal(format!("{key}.path is required for sqlite targets"))),
+        },
     }
 }
 
@@ -61,6 +106,7 @@ pub fn source_pg_endpoint(cfg: &PipelineConfig) -> Result<PgEndpoint, ConnectorE
     pg_endpoint(
         &cfg.source.endpoint,
         &cfg.source.password,
+        &cfg.source.tls,
         "tidewater_check".into(),
         &format!("sources.{}", cfg.source.name),
     )
@@ -72,6 +118,7 @@ pub fn target_pg_endpoint(cfg: &PipelineConfig) -> Result<Option<PgEndpoint>, Co
         (TargetKind::Postgres, Some(endpoint)) => Ok(Some(pg_endpoint(
             endpoint,
             &cfg.target.password,
+            &cfg.target.tls,
             "tidewater_check".into(),
             &format!("targets.{}", cfg.target.name),
         )?)),

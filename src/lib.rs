@@ -51,7 +51,8 @@ impl Running {
             let status_for_panic = task_status.clone();
             // Every event a pipeline logs carries its name.
             let span = tracing::info_span!("pipeline", pipeline = %name);
-            let run = tracing::Instrument::instrument(engine::run_pipeline_with_grace(task_cfg, task_status, stop_rx), span);
+            let run =
+                tracing::Instrument::instrument(engine::run_pipeline_with_grace(task_cfg, task_status, stop_rx), span);
             match tokio::spawn(run).await {
                 Ok(outcome) => outcome,
                 Err(e) => {

@@ -14,7 +14,10 @@ pub fn init(format: LogFormat, level: &str) {
         if let Ok(journald) = tracing_journald::layer() {
             use tracing_subscriber::layer::SubscriberExt as _;
             use tracing_subscriber::util::SubscriberInitExt as _;
-            let _ = tracing_subscriber::registry().with(filter).with(journald.with_syslog_identifier("tidewater".into())).try_init();
+            let _ = tracing_subscriber::registry()
+                .with(filter)
+                .with(journald.with_syslog_identifier("tidewater".into()))
+                .try_init();
             return;
         }
     }

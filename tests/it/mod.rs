@@ -1,7 +1,10 @@
+mod mysql_target;
 mod ops;
 mod pg_cli;
 mod pg_faults;
 mod pg_hostile;
 mod pg_ops;
 mod pg_sync;
+mod pg_tls;
 mod pg_types;
+mod sqlite_target;

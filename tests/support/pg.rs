@@ -532,3 +532,35 @@ rm -rf "$root"
         .map(|_child| ())
         .map_err(|e| format!("cannot spawn cleanup watchdog (setsid sh): {e}"))
 }
+
+// ---------------------------------------------------------------- extra servers with custom settings
+//
+// Added for the TLS tests (tests/it/pg_tls.rs), which need a server of their own.
+
+/// Starts one more throwaway server like the shared ones (same settings, roles and
+/// cleanup watchdog), then writes `files` (name, contents) into its data dir with mode
+/// 0600 (as PostgreSQL wants for a private key), replaces pg_hba.conf with `pg_hba`,
+/// appends `extra_conf` to postgresql.conf and restarts it. Blocking; the caller owns
+/// the returned server, which the watchdog removes when the test process ends.
+pub fn start_custom_server(
+    name: &str,
+    files: &[(&str, &[u8])],
+    pg_hba: &str,
+    extra_conf: &str,
+) -> Result<PgServer, String> {
+    use std::os::unix::fs::PermissionsExt;
+
+    let server = PgServer::create(name)?;
+    for (file, contents) in files {
+        let path = server.data_dir.join(file);
+        fs::write(&path, contents).map_err(|e| format!("write {}: {e}", path.display()))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+    }
+    fs::write(server.data_dir.join("pg_hba.conf"), pg_hba).map_err(|e| format!("pg_hba.conf: {e}"))?;
+    append(&server.data_dir.join("postgresql.conf"), &format!("\n# --- custom ---\n{extra_conf}\n"))?;
+    chown_for_pg(server.root_dir())?;
+    server.stop_fast();
+    server.pg_ctl_start()?;
+    Ok(server)
+}

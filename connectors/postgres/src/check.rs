@@ -1,9 +1,10 @@
 //! `tidewater check` for Postgres endpoints: each check passes or fails with the fix.
 
 use crate::catalog::{resolve_tables, table_schema};
-use crate::conn::{connect, PgEndpoint};
-use crate::replication::{ReplicationConfig, ReplicationConnection};
+use crate::conn::{connect, tls_in_use, PgEndpoint};
+use crate::replication::{ReplicationConfig, ReplicationConnection, ReplicationError};
 use crate::sql::pg_error;
+use crate::tls::SslMode;
 
 #[derive(Debug, Clone)]
 pub struct CheckResult {
@@ -21,19 +22,31 @@ fn fail(what: impl Into<String>, detail: impl Into<String>) -> CheckResult {
     CheckResult { what: what.into(), ok: false, detail: detail.into() }
 }
 
+/// "connected to postgres://… (TLS TLSv1.3 …)" or "(no TLS)", as the server sees it.
+async fn connected(endpoint: &PgEndpoint, client: &tokio_postgres::Client) -> CheckResult {
+    let tls = match tls_in_use(client).await {
+        Ok(Some(session)) => format!("TLS {session}"),
+        Ok(None) => "no TLS".to_owned(),
+        Err(e) => format!("TLS state unknown: {e}"),
+    };
+    pass("connect", format!("connected to {} ({tls})", endpoint.describe()))
+}
+
 /// Checks a Postgres source: reachable, `wal_level`, REPLICATION, a replication
 /// connection, every configured table present with a key.
 pub async fn check_source(source_name: &str, endpoint: &PgEndpoint, tables: &[String]) -> Vec<CheckResult> {
     let mut results = Vec::new();
     let client = match connect(endpoint).await {
         Ok(c) => {
-            results.push(pass("connect", format!("connected to {}", endpoint.describe())));
+            results.push(connected(endpoint, &c).await);
             c
         }
         Err(e) => {
             results.push(fail(
                 "connect",
-                format!("{e}; check sources.{source_name}.url and its password_file/password_env"),
+                format!(
+                    "{e}; check sources.{source_name}.url, its password_file/password_env, sslmode and ssl_ca_file"
+                ),
             ));
             return results;
         }
@@ -70,14 +83,29 @@ pub async fn check_source(source_name: &str, endpoint: &PgEndpoint, tables: &[St
         database: endpoint.database.clone(),
         application_name: endpoint.application_name.clone(),
         connect_timeout: std::time::Duration::from_secs(10),
+        tls: endpoint.tls.clone(),
     };
     match ReplicationConnection::connect(&repl_cfg).await {
         Ok(conn) => {
+            let detail = format!(
+                "accepted ({}, {})",
+                conn.tls().map_or_else(|| "no TLS".to_owned(), |session| format!("TLS {session}")),
+                conn.auth_method()
+            );
             let _ = conn.close().await;
-            results.push(pass("replication connection", "accepted"));
+            results.push(pass("replication connection", detail));
         }
-        Err(e) => results
-            .push(fail("replication connection", format!("{e}; allow it in pg_hba.conf and check max_wal_senders"))),
+        Err(e @ ReplicationError::Tls(_)) => results
+            .push(fail("replication connection", format!("{e}; check sources.{source_name}.sslmode and ssl_ca_file"))),
+        Err(e) => {
+            let hint = if endpoint.tls.mode() == SslMode::Disable && e.to_string().contains("no encryption") {
+                "; the server only accepts TLS connections from here: \
+                 set sslmode = \"verify-full\" (with ssl_ca_file) or \"require\""
+            } else {
+                "; allow it in pg_hba.conf and check max_wal_senders"
+            };
+            results.push(fail("replication connection", format!("{e}{hint}")))
+        }
     }
     match resolve_tables(&client, tables, source_name).await {
         Ok(found) => {
@@ -102,13 +130,15 @@ pub async fn check_target(target_name: &str, endpoint: &PgEndpoint) -> Vec<Check
     let mut results = Vec::new();
     let mut client = match connect(endpoint).await {
         Ok(c) => {
-            results.push(pass("connect", format!("connected to {}", endpoint.describe())));
+            results.push(connected(endpoint, &c).await);
             c
         }
         Err(e) => {
             results.push(fail(
                 "connect",
-                format!("{e}; check targets.{target_name}.url and its password_file/password_env"),
+                format!(
+                    "{e}; check targets.{target_name}.url, its password_file/password_env, sslmode and ssl_ca_file"
+                ),
             ));
             return results;
         }

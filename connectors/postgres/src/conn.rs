@@ -6,6 +6,7 @@ use tidewater_core::ConnectorError;
 use tokio_postgres::{Client, NoTls};
 
 use crate::sql::pg_error;
+use crate::tls::{explain_tls_error, find_rustls_error, SslMode, TlsSettings};
 
 /// Where and as whom to connect. The password is held only in memory.
 #[derive(Clone)]
@@ -16,12 +17,14 @@ pub struct PgEndpoint {
     pub password: Option<String>,
     pub database: String,
     pub application_name: String,
+    /// sslmode and CA roots, for this connection and the replication connection.
+    pub tls: TlsSettings,
 }
 
 impl std::fmt::Debug for PgEndpoint {
     // Never print the password.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "postgres://{}@{}:{}/{}", self.user, self.host, self.port, self.database)
+        write!(f, "postgres://{}@{}:{}/{}?sslmode={}", self.user, self.host, self.port, self.database, self.tls.mode())
     }
 }
 
@@ -50,12 +53,68 @@ pub async fn connect(endpoint: &PgEndpoint) -> Result<Client, ConnectorError> {
     if let Some(password) = &endpoint.password {
         config.password(password);
     }
-    let (client, connection) =
-        config.connect(NoTls).await.map_err(|e| pg_error(format_args!("connecting to {}", endpoint.describe()), e))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "postgres connection ended");
+    config.ssl_mode(endpoint.tls.tokio_postgres_mode());
+    // SCRAM-SHA-256-PLUS whenever the session is encrypted and the server offers it.
+    config.channel_binding(tokio_postgres::config::ChannelBinding::Prefer);
+    let client = match endpoint.tls.connector() {
+        Some(tls) => {
+            let (client, connection) = config.connect(tls).await.map_err(|e| connect_error(endpoint, e))?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "postgres connection ended");
+                }
+            });
+            client
         }
-    });
+        None => {
+            let (client, connection) = config.connect(NoTls).await.map_err(|e| connect_error(endpoint, e))?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "postgres connection ended");
+                }
+            });
+            client
+        }
+    };
     Ok(client)
+}
+
+/// A connection error with what to change when TLS is the cause. TLS negotiation
+/// failures (untrusted certificate, server without TLS under `require`) are fatal:
+/// retrying cannot fix a configuration.
+fn connect_error(endpoint: &PgEndpoint, e: tokio_postgres::Error) -> ConnectorError {
+    let what = format!("connecting to {}", endpoint.describe());
+    if let Some(tls) = find_rustls_error(&e) {
+        return ConnectorError::fatal(format!("{what}: {}", explain_tls_error(tls, &endpoint.tls, &endpoint.host)));
+    }
+    let text = e.to_string();
+    if text.contains("server does not support TLS") {
+        return ConnectorError::fatal(format!(
+            "{what}: the server does not accept TLS connections but sslmode = \"{}\" requires TLS; enable ssl on the \
+             server, or set sslmode = \"prefer\" (or \"disable\") to allow plaintext",
+            endpoint.tls.mode()
+        ));
+    }
+    let mut err = pg_error(&what, e);
+    if endpoint.tls.mode() == SslMode::Disable && err.message.contains("no encryption") {
+        err.message.push_str(
+            "; the server only accepts TLS connections from here: set sslmode = \"verify-full\" (with ssl_ca_file) \
+             or \"require\"",
+        );
+    }
+    err
+}
+
+/// Whether this session is encrypted, as the server sees it: `Some("TLSv1.3 ...")` or
+/// `None` for plaintext.
+pub async fn tls_in_use(client: &Client) -> Result<Option<String>, ConnectorError> {
+    let row = client
+        .query_opt("SELECT version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl", &[])
+        .await
+        .map_err(|e| pg_error("reading pg_stat_ssl", e))?;
+    Ok(row.map(|r| {
+        let version: Option<String> = r.get(0);
+        let cipher: Option<String> = r.get(1);
+        [version, cipher].into_iter().flatten().collect::<Vec<_>>().join(" ")
+    }))
 }

@@ -10,9 +10,11 @@ pub mod replication;
 pub mod sink;
 pub mod source;
 pub mod sql;
+pub mod tls;
 pub mod types;
 pub mod verify;
 
 pub use conn::PgEndpoint;
 pub use sink::PgSink;
 pub use source::{PgSource, PgSourceConfig};
+pub use tls::{SslMode, TlsSettings};

@@ -1,9 +1,11 @@
 //! Replication-mode PostgreSQL connection, speaking the frontend/backend
-//! protocol by hand over a plain TCP socket.
+//! protocol by hand over TCP, optionally inside TLS.
 //!
 //! tokio-postgres cannot open a `replication=database` session, and the
 //! walsender only understands the simple query protocol, so this module does
-//! its own framing: it authenticates (trust, cleartext, md5, SCRAM-SHA-256),
+//! its own framing: it negotiates TLS per `sslmode` (SSLRequest, then a rustls
+//! handshake), authenticates (trust, cleartext, md5, SCRAM-SHA-256, and
+//! SCRAM-SHA-256-PLUS with `tls-server-end-point` channel binding over TLS),
 //! runs replication commands such as `IDENTIFY_SYSTEM` or
 //! `CREATE_REPLICATION_SLOT` through [`ReplicationConnection::simple_query`],
 //! and finally switches into COPY BOTH mode with
@@ -21,11 +23,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256, SCRAM_SHA_256_PLUS};
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::tls::{describe_session, explain_tls_error, find_rustls_error, session_end_point, SslMode, TlsSettings};
 
 /// Initial size of the receive buffer. WAL arrives in bursts of many small
 /// CopyData frames; a big buffer lets one `read` syscall pick up hundreds of
@@ -54,6 +57,8 @@ pub struct ReplicationConfig {
     /// Bounds TCP connect plus the whole startup/authentication exchange.
     /// `Duration::ZERO` disables the limit (as libpq's `connect_timeout=0`).
     pub connect_timeout: Duration,
+    /// sslmode and CA roots (the same as the endpoint's ordinary connections).
+    pub tls: TlsSettings,
 }
 
 // Hand-written so that the password never ends up in logs.
@@ -67,6 +72,7 @@ impl fmt::Debug for ReplicationConfig {
             .field("database", &self.database)
             .field("application_name", &self.application_name)
             .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -90,6 +96,10 @@ pub enum ReplicationError {
     /// The server sent something this client does not understand.
     #[error("replication protocol violation: {0}")]
     Protocol(String),
+    /// TLS could not be set up as `sslmode` demands (server refuses TLS, certificate
+    /// not trusted, handshake failure): a configuration problem, not worth retrying.
+    #[error("{0}")]
+    Tls(String),
 }
 
 fn suffix(label: &str, value: &Option<String>) -> String {
@@ -372,19 +382,60 @@ fn encode_err(what: &str, e: io::Error) -> ReplicationError {
     ReplicationError::Protocol(format!("cannot encode {what}: {e}"))
 }
 
+/// Read half of the socket: the TCP read half, or one half of a split TLS stream.
+type ReadHalf = Box<dyn AsyncRead + Send + Sync + Unpin>;
+
+/// Write half of the socket. Dropping it shuts down the sending side of the TCP
+/// connection, so the walsender ends the session even while the read half lives on.
+/// A plain TCP write half does that by itself; a half of a split TLS stream does not,
+/// so for TLS a duplicate of the socket is kept to shut it down on drop.
+struct WriteHalf {
+    inner: Box<dyn AsyncWrite + Send + Sync + Unpin>,
+    shutdown_on_drop: Option<std::net::TcpStream>,
+}
+
+impl Drop for WriteHalf {
+    fn drop(&mut self) {
+        if let Some(socket) = &self.shutdown_on_drop {
+            let _ = socket.shutdown(std::net::Shutdown::Write);
+        }
+    }
+}
+
+/// A duplicate handle of the socket (same connection), for [`WriteHalf`]'s drop.
+#[cfg(unix)]
+fn duplicate_socket(stream: &TcpStream) -> Option<std::net::TcpStream> {
+    use std::os::fd::AsFd;
+    stream.as_fd().try_clone_to_owned().ok().map(std::net::TcpStream::from)
+}
+
+#[cfg(not(unix))]
+fn duplicate_socket(_stream: &TcpStream) -> Option<std::net::TcpStream> {
+    None
+}
+
 /// A replication-mode connection that has finished startup and is idle.
 pub struct ReplicationConnection {
-    reader: FrameReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: FrameReader<ReadHalf>,
+    writer: WriteHalf,
     write_buf: BytesMut,
     parameters: HashMap<String, String>,
     backend_key: Option<(i32, i32)>,
+    /// Protocol and cipher when the session is encrypted.
+    tls: Option<String>,
+    /// `tls-server-end-point` data of the session, when TLS is on and the certificate's
+    /// signature algorithm defines one.
+    channel_binding: Option<Vec<u8>>,
+    /// How the server authenticated us.
+    auth_method: &'static str,
 }
 
 impl fmt::Debug for ReplicationConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReplicationConnection")
             .field("backend_pid", &self.backend_key.map(|(pid, _)| pid))
+            .field("tls", &self.tls)
+            .field("auth_method", &self.auth_method)
             .finish_non_exhaustive()
     }
 }
@@ -411,14 +462,7 @@ impl ReplicationConnection {
         // Status updates are tiny and latency-sensitive; Nagle would hold
         // them back behind the previous unacknowledged segment.
         stream.set_nodelay(true)?;
-        let (rd, wr) = stream.into_split();
-        let mut conn = ReplicationConnection {
-            reader: FrameReader::new(rd),
-            writer: wr,
-            write_buf: BytesMut::with_capacity(1024),
-            parameters: HashMap::new(),
-            backend_key: None,
-        };
+        let mut conn = Self::negotiate_tls(cfg, stream).await?;
 
         // Pinning the session settings makes text output (timestamps,
         // intervals, floats) independent of server and role defaults.
@@ -439,8 +483,107 @@ impl ReplicationConnection {
         Ok(conn)
     }
 
+    /// SSLRequest and TLS handshake as `sslmode` says; returns the connection, ready
+    /// for the startup message, over TLS or plaintext.
+    async fn negotiate_tls(cfg: &ReplicationConfig, mut stream: TcpStream) -> Result<Self, ReplicationError> {
+        let mode = cfg.tls.mode();
+        let plain = |stream: TcpStream| {
+            let (rd, wr) = stream.into_split();
+            Self::new(Box::new(rd), WriteHalf { inner: Box::new(wr), shutdown_on_drop: None }, None, None)
+        };
+        if mode == SslMode::Disable {
+            return Ok(plain(stream));
+        }
+        let mut request = BytesMut::with_capacity(8);
+        frontend::ssl_request(&mut request);
+        stream.write_all(&request).await?;
+        // Exactly one byte, read unbuffered: anything the server sent after it must go
+        // through the TLS layer, never be taken as plaintext protocol.
+        let answer = stream.read_u8().await.map_err(|e| {
+            io::Error::new(e.kind(), format!("reading the answer to SSLRequest from {}:{}: {e}", cfg.host, cfg.port))
+        })?;
+        match answer {
+            b'S' => {
+                let dup = duplicate_socket(&stream);
+                // rustls reads the socket 4 KiB at a time; a buffer below it turns that
+                // into one large read per burst, as for plaintext.
+                let buffered = tokio::io::BufReader::with_capacity(READ_BUF_CAPACITY, stream);
+                let tls = cfg.tls.handshake(&cfg.host, buffered).await.map_err(|e| match find_rustls_error(&e) {
+                    Some(tls_err) => ReplicationError::Tls(format!(
+                        "replication connection to {}:{}: {}",
+                        cfg.host,
+                        cfg.port,
+                        explain_tls_error(tls_err, &cfg.tls, &cfg.host)
+                    )),
+                    None if e.kind() == io::ErrorKind::InvalidInput => ReplicationError::Tls(e.to_string()),
+                    None => {
+                        io::Error::new(e.kind(), format!("TLS handshake with {}:{}: {e}", cfg.host, cfg.port)).into()
+                    }
+                })?;
+                let session = tls.get_ref().1;
+                let description = describe_session(session);
+                let binding = session_end_point(session);
+                let (rd, wr) = tokio::io::split(tls);
+                Ok(Self::new(
+                    Box::new(rd),
+                    WriteHalf { inner: Box::new(wr), shutdown_on_drop: dup },
+                    Some(description),
+                    binding,
+                ))
+            }
+            b'N' if !mode.requires_tls() => {
+                tracing::debug!(
+                    host = %cfg.host,
+                    port = cfg.port,
+                    "server refused TLS; sslmode = prefer continues in plaintext"
+                );
+                Ok(plain(stream))
+            }
+            b'N' => Err(ReplicationError::Tls(format!(
+                "replication connection to {}:{}: the server does not accept TLS connections but \
+                 sslmode = \"{mode}\" requires TLS; enable ssl on the server, or set sslmode = \"prefer\" \
+                 (or \"disable\") to allow plaintext",
+                cfg.host, cfg.port
+            ))),
+            other => Err(ReplicationError::Protocol(format!(
+                "unexpected answer 0x{other:02x} to SSLRequest (expected 'S' or 'N')"
+            ))),
+        }
+    }
+
+    fn new(
+        reader: ReadHalf,
+        writer: WriteHalf,
+        tls: Option<String>,
+        channel_binding: Option<Vec<u8>>,
+    ) -> ReplicationConnection {
+        ReplicationConnection {
+            reader: FrameReader::new(reader),
+            writer,
+            write_buf: BytesMut::with_capacity(1024),
+            parameters: HashMap::new(),
+            backend_key: None,
+            tls,
+            channel_binding,
+            auth_method: "trust",
+        }
+    }
+
+    /// Protocol and cipher suite when the session is encrypted (e.g.
+    /// `TLSv1.3 TLS13_AES_256_GCM_SHA384`), `None` for plaintext.
+    pub fn tls(&self) -> Option<&str> {
+        self.tls.as_deref()
+    }
+
+    /// How the server authenticated this session: `trust`, `password`, `md5`,
+    /// `SCRAM-SHA-256` or `SCRAM-SHA-256-PLUS` (with channel binding).
+    pub fn auth_method(&self) -> &'static str {
+        self.auth_method
+    }
+
     async fn flush_write_buf(&mut self) -> Result<(), ReplicationError> {
-        self.writer.write_all(&self.write_buf).await?;
+        self.writer.inner.write_all(&self.write_buf).await?;
+        self.writer.inner.flush().await?;
         self.write_buf.clear();
         Ok(())
     }
@@ -482,6 +625,7 @@ impl ReplicationConnection {
                             frontend::password_message(pw, &mut self.write_buf)
                                 .map_err(|e| encode_err("password message", e))?;
                             self.flush_write_buf().await?;
+                            self.auth_method = "password";
                         }
                         5 => {
                             let pw = Self::password(cfg, "md5 password")?;
@@ -491,6 +635,7 @@ impl ReplicationConnection {
                             frontend::password_message(hash.as_bytes(), &mut self.write_buf)
                                 .map_err(|e| encode_err("password message", e))?;
                             self.flush_write_buf().await?;
+                            self.auth_method = "md5";
                         }
                         10 => {
                             let mut mechanisms = Vec::new();
@@ -501,16 +646,14 @@ impl ReplicationConnection {
                                 }
                                 mechanisms.push(m);
                             }
-                            if !mechanisms.contains(&SCRAM_SHA_256) {
-                                return Err(ReplicationError::Auth(format!(
-                                    "server offered SASL mechanisms {mechanisms:?}, but only {SCRAM_SHA_256} without channel binding is supported (no TLS)"
-                                )));
-                            }
-                            let pw = Self::password(cfg, SCRAM_SHA_256)?;
-                            let s = ScramSha256::new(pw, ChannelBinding::unsupported());
-                            frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut self.write_buf)
+                            let (mechanism, binding) =
+                                choose_scram(&mechanisms, self.tls.is_some(), self.channel_binding.as_deref())?;
+                            let pw = Self::password(cfg, mechanism)?;
+                            let s = ScramSha256::new(pw, binding);
+                            frontend::sasl_initial_response(mechanism, s.message(), &mut self.write_buf)
                                 .map_err(|e| encode_err("SASL initial response", e))?;
                             self.flush_write_buf().await?;
+                            self.auth_method = mechanism;
                             scram = Some(s);
                         }
                         11 => {
@@ -666,10 +809,8 @@ impl ReplicationConnection {
                 tag => return Err(unexpected(tag, &frame.body, "while waiting for CopyBothResponse")),
             }
         }
-        Ok((
-            ReplicationStream { reader: self.reader, done: false },
-            ReplicationWriter { writer: self.writer, buf: BytesMut::with_capacity(64) },
-        ))
+        let ReplicationConnection { reader, writer, .. } = self;
+        Ok((ReplicationStream { reader, done: false }, ReplicationWriter { writer, buf: BytesMut::with_capacity(64) }))
     }
 
     /// Politely ends the session with Terminate so the server does not log
@@ -677,9 +818,38 @@ impl ReplicationConnection {
     pub async fn close(mut self) -> Result<(), ReplicationError> {
         frontend::terminate(&mut self.write_buf);
         self.flush_write_buf().await?;
-        self.writer.shutdown().await?;
+        self.writer.inner.shutdown().await?;
         Ok(())
     }
+}
+
+/// Picks the SASL mechanism and channel-binding flag. Over TLS, SCRAM-SHA-256-PLUS with
+/// `tls-server-end-point` when the server offers it; if it does not, SCRAM-SHA-256 with
+/// the flag saying "client supports binding, server did not offer it", so a server whose
+/// offer was stripped by a man in the middle refuses the session. Without TLS, or with a
+/// certificate whose signature algorithm defines no binding hash, no binding.
+fn choose_scram(
+    mechanisms: &[&str],
+    tls: bool,
+    end_point: Option<&[u8]>,
+) -> Result<(&'static str, ChannelBinding), ReplicationError> {
+    if let (true, Some(hash)) = (tls, end_point) {
+        if mechanisms.contains(&SCRAM_SHA_256_PLUS) {
+            return Ok((SCRAM_SHA_256_PLUS, ChannelBinding::tls_server_end_point(hash.to_vec())));
+        }
+    }
+    if !mechanisms.contains(&SCRAM_SHA_256) {
+        return Err(ReplicationError::Auth(format!(
+            "server offered SASL mechanisms {mechanisms:?}, but only {SCRAM_SHA_256} and {SCRAM_SHA_256_PLUS} \
+             are supported{}",
+            if tls { "" } else { " (and the -PLUS variant only over TLS)" }
+        )));
+    }
+    let binding = match (tls, end_point) {
+        (true, Some(_)) => ChannelBinding::unrequested(),
+        _ => ChannelBinding::unsupported(),
+    };
+    Ok((SCRAM_SHA_256, binding))
 }
 
 /// A message received inside the COPY BOTH stream.
@@ -735,7 +905,7 @@ fn parse_copy_data(body: Bytes) -> Result<ReplicationMessage, ReplicationError> 
 
 /// Read half of a connection in COPY BOTH mode.
 pub struct ReplicationStream {
-    reader: FrameReader<OwnedReadHalf>,
+    reader: FrameReader<ReadHalf>,
     done: bool,
 }
 
@@ -782,7 +952,7 @@ async fn next_message<R: AsyncRead + Unpin>(
 /// Write half of a connection in COPY BOTH mode. Dropping it shuts down the
 /// sending side of the socket, which makes the walsender end the session.
 pub struct ReplicationWriter {
-    writer: OwnedWriteHalf,
+    writer: WriteHalf,
     buf: BytesMut,
 }
 
@@ -823,8 +993,8 @@ impl ReplicationWriter {
     ) -> Result<(), ReplicationError> {
         self.buf.clear();
         encode_status(&mut self.buf, written, flushed, applied, pg_now_micros(), reply_requested);
-        self.writer.write_all(&self.buf).await?;
-        self.writer.flush().await?;
+        self.writer.inner.write_all(&self.buf).await?;
+        self.writer.inner.flush().await?;
         Ok(())
     }
 
@@ -833,8 +1003,8 @@ impl ReplicationWriter {
     pub async fn send_copy_done(&mut self) -> Result<(), ReplicationError> {
         self.buf.clear();
         frontend::copy_done(&mut self.buf);
-        self.writer.write_all(&self.buf).await?;
-        self.writer.flush().await?;
+        self.writer.inner.write_all(&self.buf).await?;
+        self.writer.inner.flush().await?;
         Ok(())
     }
 }
@@ -872,6 +1042,7 @@ pub fn parse_lsn(s: &str) -> Option<u64> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use tokio::net::TcpListener;
 
     #[test]
@@ -1053,10 +1224,11 @@ mod tests {
             database: "db".into(),
             application_name: "tidewater-test".into(),
             connect_timeout: Duration::from_secs(5),
+            tls: TlsSettings::disabled(),
         }
     }
 
-    async fn read_startup(s: &mut TcpStream) -> HashMap<String, String> {
+    async fn read_startup<S: AsyncRead + Unpin>(s: &mut S) -> HashMap<String, String> {
         let len = s.read_u32().await.unwrap() as usize;
         let mut body = vec![0; len - 4];
         s.read_exact(&mut body).await.unwrap();
@@ -1073,7 +1245,7 @@ mod tests {
         out
     }
 
-    async fn read_msg(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    async fn read_msg<S: AsyncRead + Unpin>(s: &mut S) -> (u8, Vec<u8>) {
         let tag = s.read_u8().await.unwrap();
         let len = s.read_u32().await.unwrap() as usize;
         let mut body = vec![0; len - 4];
@@ -1293,5 +1465,201 @@ mod tests {
         let err = ReplicationConnection::connect(&cfg).await.unwrap_err();
         assert!(matches!(err, ReplicationError::Io(ref e) if e.kind() == io::ErrorKind::TimedOut));
         server.abort();
+    }
+
+    // ---- TLS ----------------------------------------------------------------
+
+    struct Pki {
+        dir: std::path::PathBuf,
+        ca_file: std::path::PathBuf,
+        server_config: Arc<rustls::ServerConfig>,
+    }
+
+    impl Drop for Pki {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// A fresh CA (its PEM written to a temp file) and a server certificate for `names`
+    /// signed by it.
+    fn pki(names: &[&str]) -> Pki {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "tidewater test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names).unwrap().signed_by(&key, &ca).unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "tidewater-repl-tls-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let server_config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![cert.der().clone()],
+                    rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+                )
+                .unwrap();
+        Pki { dir, ca_file, server_config: Arc::new(server_config) }
+    }
+
+    fn tls_config(port: u16, mode: SslMode, ca_file: Option<&std::path::Path>) -> ReplicationConfig {
+        let mut cfg = config(port, None);
+        cfg.tls = TlsSettings::new(mode, ca_file).unwrap();
+        cfg
+    }
+
+    /// Reads the SSLRequest and answers `answer`.
+    async fn answer_ssl_request(s: &mut TcpStream, answer: u8) {
+        let mut req = [0u8; 8];
+        s.read_exact(&mut req).await.unwrap();
+        assert_eq!(req, [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f], "SSLRequest");
+        s.write_all(&[answer]).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn tls_session_streams_over_split_halves_and_writer_drop_ends_it() {
+        let pki = pki(&["127.0.0.1"]);
+        let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config.clone());
+        let (port, server) = mock(move |mut s| async move {
+            answer_ssl_request(&mut s, b'S').await;
+            let mut s = acceptor.accept(s).await.unwrap();
+            let params = read_startup(&mut s).await;
+            assert_eq!(params["replication"], "database");
+            s.write_all(&post_auth()).await.unwrap();
+            let (tag, _) = read_msg(&mut s).await;
+            assert_eq!(tag, b'Q');
+            let mut out = frame(b'W', &[0, 0, 0]);
+            let mut w = vec![b'w'];
+            w.extend_from_slice(&1u64.to_be_bytes());
+            w.extend_from_slice(&2u64.to_be_bytes());
+            w.extend_from_slice(&3i64.to_be_bytes());
+            w.extend_from_slice(&vec![b'x'; 100_000]);
+            out.extend(frame(b'd', &w));
+            s.write_all(&out).await.unwrap();
+            s.flush().await.unwrap();
+            let (tag, body) = read_msg(&mut s).await;
+            assert_eq!((tag, body[0]), (b'd', b'r'));
+            // The client drops its writer: the session must end (EOF, with or without
+            // close_notify) although its read half is still alive.
+            let mut rest = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+            assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+        })
+        .await;
+
+        let cfg = tls_config(port, SslMode::VerifyFull, Some(&pki.ca_file));
+        let conn = ReplicationConnection::connect(&cfg).await.unwrap();
+        assert!(conn.tls().unwrap().starts_with("TLSv1."), "{:?}", conn.tls());
+        assert_eq!(conn.auth_method(), "trust");
+        assert!(conn.channel_binding.is_some());
+        let (mut stream, mut writer) = conn.start_copy_both("START_REPLICATION").await.unwrap();
+        match stream.next().await.unwrap() {
+            Some(ReplicationMessage::XLogData { wal_start: 1, data, .. }) => assert_eq!(data.len(), 100_000),
+            other => panic!("{other:?}"),
+        }
+        writer.send_status(7, 8, 9, false).await.unwrap();
+        drop(writer);
+        tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap();
+        drop(stream);
+    }
+
+    #[tokio::test]
+    async fn verify_full_refuses_an_unknown_ca_and_a_wrong_name() {
+        let trusted = pki(&["127.0.0.1"]);
+        let other = pki(&["127.0.0.1"]);
+        let acceptor = tokio_rustls::TlsAcceptor::from(other.server_config.clone());
+        let (port, server) = mock(move |mut s| async move {
+            answer_ssl_request(&mut s, b'S').await;
+            assert!(acceptor.accept(s).await.is_err());
+        })
+        .await;
+        let err = ReplicationConnection::connect(&tls_config(port, SslMode::VerifyFull, Some(&trusted.ca_file)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ReplicationError::Tls(ref m) if m.contains("not signed by a CA in ssl_ca_file")),
+            "{err}"
+        );
+        server.await.unwrap();
+
+        // Right CA, but the certificate names another host: verify-full refuses,
+        // verify-ca accepts.
+        let named = pki(&["db.example"]);
+        for (mode, ok) in [(SslMode::VerifyFull, false), (SslMode::VerifyCa, true)] {
+            let acceptor = tokio_rustls::TlsAcceptor::from(named.server_config.clone());
+            let (port, server) = mock(move |mut s| async move {
+                answer_ssl_request(&mut s, b'S').await;
+                if let Ok(mut s) = acceptor.accept(s).await {
+                    read_startup(&mut s).await;
+                    s.write_all(&post_auth()).await.unwrap();
+                }
+            })
+            .await;
+            let res = ReplicationConnection::connect(&tls_config(port, mode, Some(&named.ca_file))).await;
+            match res {
+                Ok(conn) => assert!(ok && conn.tls().is_some()),
+                Err(e) => assert!(
+                    !ok && matches!(e, ReplicationError::Tls(ref m) if m.contains("not issued for host")),
+                    "{e}"
+                ),
+            }
+            server.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn server_refusing_tls_fails_require_and_falls_back_for_prefer() {
+        let (port, server) = mock(|mut s| async move {
+            answer_ssl_request(&mut s, b'N').await;
+        })
+        .await;
+        let err = ReplicationConnection::connect(&tls_config(port, SslMode::Require, None)).await.unwrap_err();
+        assert!(matches!(err, ReplicationError::Tls(ref m) if m.contains("does not accept TLS")), "{err}");
+        server.await.unwrap();
+
+        let (port, server) = mock(|mut s| async move {
+            answer_ssl_request(&mut s, b'N').await;
+            read_startup(&mut s).await;
+            s.write_all(&post_auth()).await.unwrap();
+        })
+        .await;
+        let conn = ReplicationConnection::connect(&tls_config(port, SslMode::Prefer, None)).await.unwrap();
+        assert_eq!(conn.tls(), None);
+        server.await.unwrap();
+    }
+
+    #[test]
+    fn scram_channel_binding_choice() {
+        let first = |(mechanism, binding): (&str, ChannelBinding)| {
+            (mechanism.to_owned(), String::from_utf8(ScramSha256::new(b"pw", binding).message().to_vec()).unwrap())
+        };
+        let both = [SCRAM_SHA_256_PLUS, SCRAM_SHA_256];
+        // TLS, offered: PLUS with tls-server-end-point.
+        let (m, msg) = first(choose_scram(&both, true, Some(&[1, 2, 3])).unwrap());
+        assert_eq!(m, "SCRAM-SHA-256-PLUS");
+        assert!(msg.starts_with("p=tls-server-end-point,,"), "{msg}");
+        // TLS, not offered: "y" (client could bind, server did not offer).
+        let (m, msg) = first(choose_scram(&[SCRAM_SHA_256], true, Some(&[1])).unwrap());
+        assert_eq!(m, "SCRAM-SHA-256");
+        assert!(msg.starts_with("y,,"), "{msg}");
+        // No TLS, or no hash for the certificate: "n".
+        for (tls, hash) in [(false, None), (true, None)] {
+            let (m, msg) = first(choose_scram(&both, tls, hash).unwrap());
+            assert_eq!(m, "SCRAM-SHA-256");
+            assert!(msg.starts_with("n,,"), "{msg}");
+        }
+        assert!(matches!(choose_scram(&["OTHER"], true, Some(&[1])), Err(ReplicationError::Auth(_))));
     }
 }

@@ -90,7 +90,7 @@ pub fn repl_error(what: impl std::fmt::Display, e: ReplicationError) -> Connecto
     let class = match &e {
         ReplicationError::Io(_) => ErrorClass::Transient,
         ReplicationError::Server { code, .. } => classify_sqlstate(code),
-        ReplicationError::Auth(_) | ReplicationError::Protocol(_) => ErrorClass::Fatal,
+        ReplicationError::Auth(_) | ReplicationError::Protocol(_) | ReplicationError::Tls(_) => ErrorClass::Fatal,
     };
     let mut err = ConnectorError::new(class, format!("{what}: {e}"));
     if let Some(code) = e.sqlstate() {
@@ -129,6 +129,7 @@ impl PgSource {
             database: ep.database.clone(),
             application_name: ep.application_name.clone(),
             connect_timeout: Duration::from_secs(10),
+            tls: ep.tls.clone(),
         }
     }
 
@@ -434,11 +435,13 @@ impl Source for PgSource {
             quote_ident(&slot),
             format_lsn(start_lsn)
         );
+        let tls = repl.tls().unwrap_or("off").to_owned();
+        let auth = repl.auth_method();
         let (stream, mut writer) = repl
             .start_copy_both(&sql)
             .await
             .map_err(|e| repl_error(format_args!("starting replication from slot {slot} at {}", after.position), e))?;
-        tracing::info!(slot = %slot, position = %after.position, "streaming started");
+        tracing::info!(slot = %slot, position = %after.position, tls = %tls, auth = %auth, "streaming started");
 
         let received = Arc::new(AtomicU64::new(start_lsn));
         let acked = Arc::new(AtomicU64::new(start_lsn));

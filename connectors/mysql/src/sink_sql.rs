@@ -1,0 +1,448 @@
+//! SQL text for a MySQL/MariaDB target: server flavour, and the statements the sink runs.
+//! Pure functions (no I/O), so both flavours' syntax is unit-tested without a server.
+
+use crate::quote::quote_ident;
+
+/// Most rows one multi-row statement carries (a power of two; see [`plan_chunks`]).
+pub const MAX_ROWS_PER_STATEMENT: usize = 1024;
+/// MySQL's limit on placeholders in one prepared statement.
+pub const MAX_PLACEHOLDERS: usize = 65_535;
+
+/// The server the sink talks to, from `SELECT VERSION()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Server {
+    pub mariadb: bool,
+    pub version: (u32, u32, u32),
+}
+
+impl Server {
+    /// Parses `8.0.36`, `8.4.0-log`, `10.11.19-MariaDB-0+deb12u1`, `5.5.5-10.6.12-MariaDB`.
+    pub fn parse(version: &str) -> Server {
+        let mariadb = version.to_ascii_lowercase().contains("mariadb");
+        // MariaDB behind old clients may be prefixed with a fake `5.5.5-`.
+        let text = if mariadb { version.strip_prefix("5.5.5-").unwrap_or(version) } else { version };
+        let mut numbers = text
+            .split(|c: char| !c.is_ascii_digit())
+            .take_while(|s| !s.is_empty())
+            .map(|s| s.parse::<u32>().unwrap_or(0));
+        let major = numbers.next().unwrap_or(0);
+        let minor = numbers.next().unwrap_or(0);
+        let patch = numbers.next().unwrap_or(0);
+        Server { mariadb, version: (major, minor, patch) }
+    }
+
+    /// MySQL ≥ 8.0.20 wants a row alias (`VALUES ... AS new ... new.c`) and deprecates
+    /// `VALUES(c)` in `ON DUPLICATE KEY UPDATE`; MariaDB (through 11.x) rejects the alias.
+    pub fn row_alias(&self) -> bool {
+        !self.mariadb && self.version >= (8, 0, 20)
+    }
+
+    /// A binary utf8mb4 collation for created tables: keys compare byte for byte, so `a`
+    /// and `A` (and `a` and `a `, where the server has a NO PAD binary collation) stay
+    /// distinct rows, as they are in the source.
+    pub fn binary_collation(&self) -> &'static str {
+        if self.mariadb {
+            if self.version >= (10, 2, 0) {
+                "utf8mb4_nopad_bin"
+            } else {
+                "utf8mb4_bin"
+            }
+        } else if self.version >= (8, 0, 17) {
+            "utf8mb4_0900_bin"
+        } else {
+            "utf8mb4_bin"
+        }
+    }
+
+    /// `DEFAULT (expr)` on TEXT/BLOB/JSON columns: MariaDB ≥ 10.2.1, MySQL ≥ 8.0.13.
+    pub fn expression_defaults(&self) -> bool {
+        if self.mariadb {
+            self.version >= (10, 2, 1)
+        } else {
+            self.version >= (8, 0, 13)
+        }
+    }
+}
+
+impl std::fmt::Display for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (a, b, c) = self.version;
+        write!(f, "{} {a}.{b}.{c}", if self.mariadb { "MariaDB" } else { "MySQL" })
+    }
+}
+
+/// The shape of one target table as the statements need it.
+#[derive(Debug, Clone)]
+pub struct TableSql {
+    /// `` `db`.`table` ``.
+    pub table: String,
+    /// Quoted column names, in source column order.
+    pub columns: Vec<String>,
+    /// Indexes of the key columns.
+    pub key: Vec<usize>,
+    /// The target has a unique index other than the key's: an upsert that collides with
+    /// it must fail (and be dead-lettered), not update that other row.
+    pub guard: bool,
+}
+
+/// The incoming value of column `i` in `ON DUPLICATE KEY UPDATE`.
+fn incoming(server: &Server, t: &TableSql, i: usize) -> String {
+    if server.row_alias() {
+        format!("tw_new.{}", t.columns[i])
+    } else {
+        format!("VALUES({})", t.columns[i])
+    }
+}
+
+/// `ON DUPLICATE KEY UPDATE` assignments: every non-key column from the incoming row,
+/// preceded by the guard (a key column set to NULL, which strict mode rejects, when the
+/// existing row is not the one with the incoming key).
+fn duplicate_key_update(t: &TableSql, existing: impl Fn(usize) -> String, new: impl Fn(usize) -> String) -> String {
+    let mut sets = Vec::new();
+    if t.guard {
+        let same = t.key.iter().map(|&k| format!("{} <=> {}", existing(k), new(k))).collect::<Vec<_>>().join(" AND ");
+        let k0 = t.key[0];
+        sets.push(format!("{} = IF({same}, {}, NULL)", t.columns[k0], existing(k0)));
+    }
+    for i in (0..t.columns.len()).filter(|i| !t.key.contains(i)) {
+        sets.push(format!("{} = {}", t.columns[i], new(i)));
+    }
+    if sets.is_empty() {
+        // Only key columns: nothing to update, but the clause needs an assignment.
+        let k0 = t.key[0];
+        sets.push(format!("{} = {}", t.columns[k0], existing(k0)));
+    }
+    format!("ON DUPLICATE KEY UPDATE {}", sets.join(", "))
+}
+
+/// `(?, ?, ?)` for `n` placeholders.
+fn tuple(n: usize) -> String {
+    let mut s = String::with_capacity(2 + n * 3);
+    s.push('(');
+    for i in 0..n {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push('?');
+    }
+    s.push(')');
+    s
+}
+
+fn tuples(width: usize, rows: usize) -> String {
+    let one = tuple(width);
+    vec![one; rows].join(", ")
+}
+
+/// Multi-row upsert of full rows (every column bound, row after row).
+pub fn upsert_sql(server: &Server, t: &TableSql, rows: usize) -> String {
+    let alias = if server.row_alias() { " AS tw_new" } else { "" };
+    format!(
+        "INSERT INTO {} ({}) VALUES {}{alias} {}",
+        t.table,
+        t.columns.join(", "),
+        tuples(t.columns.len(), rows),
+        duplicate_key_update(t, |i| t.columns[i].clone(), |i| incoming(server, t, i))
+    )
+}
+
+/// Multi-key delete (key columns bound, row after row).
+pub fn delete_sql(t: &TableSql, rows: usize) -> String {
+    if t.key.len() == 1 {
+        format!("DELETE FROM {} WHERE {} IN {}", t.table, t.columns[t.key[0]], tuple(rows))
+    } else {
+        let key = t.key.iter().map(|&k| t.columns[k].as_str()).collect::<Vec<_>>().join(", ");
+        format!("DELETE FROM {} WHERE ({key}) IN ({})", t.table, tuples(t.key.len(), rows))
+    }
+}
+
+/// `key = ? AND ...` over `alias`'s key columns (`alias` may be empty).
+fn key_match(t: &TableSql, alias: &str) -> String {
+    t.key.iter().map(|&k| format!("{alias}{} = ?", t.columns[k])).collect::<Vec<_>>().join(" AND ")
+}
+
+/// Update of the columns `set` of one row by key (binds: `set` values, then key values).
+/// For rows whose other columns were not sent (unchanged TOAST).
+pub fn update_sql(t: &TableSql, set: &[usize]) -> String {
+    let sets = set.iter().map(|&i| format!("{} = ?", t.columns[i])).collect::<Vec<_>>().join(", ");
+    format!("UPDATE {} SET {sets} WHERE {}", t.table, key_match(t, ""))
+}
+
+/// A row moved to a new key with some columns not sent (`sent[i]` false): inserted at the
+/// new key with those columns taken from the old key's row. Binds: the sent columns' values
+/// in column order, then the old key's values.
+pub fn move_sql(server: &Server, t: &TableSql, sent: &[bool]) -> String {
+    let columns = t.columns.join(", ");
+    let from_old = format!("FROM {} AS tw_old WHERE {}", t.table, key_match(t, "tw_old."));
+    // In ON DUPLICATE KEY UPDATE the existing row is named by the full table name: the
+    // SELECT reads the same table under the alias tw_old.
+    let existing = |i: usize| format!("{}.{}", t.table, t.columns[i]);
+    if server.row_alias() {
+        let select = (0..t.columns.len())
+            .map(|i| if sent[i] { format!("? AS c{i}") } else { format!("tw_old.{} AS c{i}", t.columns[i]) })
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "INSERT INTO {} ({columns}) SELECT * FROM (SELECT {select} {from_old}) AS tw_new {}",
+            t.table,
+            duplicate_key_update(t, existing, |i| format!("tw_new.c{i}"))
+        )
+    } else {
+        let select = (0..t.columns.len())
+            .map(|i| if sent[i] { "?".to_string() } else { format!("tw_old.{}", t.columns[i]) })
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "INSERT INTO {} ({columns}) SELECT {select} {from_old} {}",
+            t.table,
+            duplicate_key_update(t, existing, |i| format!("VALUES({})", t.columns[i]))
+        )
+    }
+}
+
+/// `DELETE FROM t`: a source TRUNCATE. (MySQL's TRUNCATE is DDL and commits the open
+/// transaction, so it cannot be part of a batch.)
+pub fn truncate_sql(t: &TableSql) -> String {
+    format!("DELETE FROM {}", t.table)
+}
+
+/// One column of a table being created or altered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnDecl {
+    pub name: String,
+    pub mysql_type: String,
+    pub key: bool,
+    /// A literal for `DEFAULT` (existing rows' value of an added column).
+    pub default: Option<String>,
+}
+
+fn column_definition(server: &Server, c: &ColumnDecl) -> String {
+    let mut s = format!("{} {}", quote_ident(&c.name), c.mysql_type);
+    s.push_str(if c.key { " NOT NULL" } else { " NULL" });
+    if let Some(d) = &c.default {
+        if crate::sink_types::needs_expression_default(&c.mysql_type) && server.expression_defaults() {
+            s.push_str(&format!(" DEFAULT ({d})"));
+        } else {
+            s.push_str(&format!(" DEFAULT {d}"));
+        }
+    }
+    s
+}
+
+pub fn create_database_sql(server: &Server, database: &str) -> String {
+    format!(
+        "CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4 COLLATE {}",
+        quote_ident(database),
+        server.binary_collation()
+    )
+}
+
+pub fn create_table_sql(server: &Server, table: &str, columns: &[ColumnDecl]) -> String {
+    let defs = columns.iter().map(|c| column_definition(server, c)).collect::<Vec<_>>();
+    let key = columns.iter().filter(|c| c.key).map(|c| quote_ident(&c.name)).collect::<Vec<_>>();
+    format!(
+        "CREATE TABLE IF NOT EXISTS {table} ({}, PRIMARY KEY ({})) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={}",
+        defs.join(", "),
+        key.join(", "),
+        server.binary_collation()
+    )
+}
+
+pub fn add_column_sql(server: &Server, table: &str, column: &ColumnDecl) -> String {
+    format!("ALTER TABLE {table} ADD COLUMN {}", column_definition(server, column))
+}
+
+pub fn modify_column_sql(server: &Server, table: &str, column: &ColumnDecl) -> String {
+    format!("ALTER TABLE {table} MODIFY COLUMN {}", column_definition(server, column))
+}
+
+/// Statement sizes (rows each) for rows of `row_bytes` bytes with `params_per_row`
+/// placeholders: powers of two (so a handful of distinct statements are prepared and
+/// cached per table), at most [`MAX_ROWS_PER_STATEMENT`] rows and [`MAX_PLACEHOLDERS`]
+/// placeholders, and about `byte_budget` bytes (a single larger row goes alone).
+pub fn plan_chunks(row_bytes: &[usize], params_per_row: usize, byte_budget: usize) -> Vec<usize> {
+    let by_params = (MAX_PLACEHOLDERS / params_per_row.max(1)).clamp(1, MAX_ROWS_PER_STATEMENT);
+    let max_rows = prev_power_of_two(by_params);
+    let mut prefix = Vec::with_capacity(row_bytes.len() + 1);
+    prefix.push(0usize);
+    for b in row_bytes {
+        prefix.push(prefix.last().copied().unwrap_or(0).saturating_add(*b));
+    }
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < row_bytes.len() {
+        let mut k = prev_power_of_two((row_bytes.len() - i).min(max_rows));
+        while k > 1 && prefix[i + k] - prefix[i] > byte_budget {
+            k /= 2;
+        }
+        out.push(k);
+        i += k;
+    }
+    out
+}
+
+fn prev_power_of_two(n: usize) -> usize {
+    if n <= 1 {
+        1
+    } else {
+        1 << (usize::BITS - 1 - n.leading_zeros())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MARIADB: Server = Server { mariadb: true, version: (10, 11, 19) };
+    const MYSQL8: Server = Server { mariadb: false, version: (8, 0, 36) };
+    const MYSQL57: Server = Server { mariadb: false, version: (5, 7, 44) };
+
+    fn orders(guard: bool) -> TableSql {
+        TableSql {
+            table: "`shop`.`orders`".into(),
+            columns: vec!["`id`".into(), "`note`".into(), "`total`".into()],
+            key: vec![0],
+            guard,
+        }
+    }
+
+    #[test]
+    fn flavours_from_version_strings() {
+        assert_eq!(Server::parse("10.11.19-MariaDB-0+deb12u1"), MARIADB);
+        assert_eq!(Server::parse("5.5.5-10.6.12-MariaDB-log"), Server { mariadb: true, version: (10, 6, 12) });
+        assert_eq!(Server::parse("8.0.36"), MYSQL8);
+        assert_eq!(Server::parse("8.4.0-log").version, (8, 4, 0));
+        assert!(!MARIADB.row_alias());
+        assert!(MYSQL8.row_alias());
+        assert!(!Server::parse("8.0.19").row_alias());
+        assert!(Server::parse("8.0.20").row_alias());
+        assert!(!MYSQL57.row_alias());
+        assert_eq!(MARIADB.binary_collation(), "utf8mb4_nopad_bin");
+        assert_eq!(MYSQL8.binary_collation(), "utf8mb4_0900_bin");
+        assert_eq!(MYSQL57.binary_collation(), "utf8mb4_bin");
+        assert_eq!(MARIADB.to_string(), "MariaDB 10.11.19");
+    }
+
+    #[test]
+    fn upsert_uses_values_on_mariadb_and_a_row_alias_on_mysql8() {
+        assert_eq!(
+            upsert_sql(&MARIADB, &orders(false), 2),
+            "INSERT INTO `shop`.`orders` (`id`, `note`, `total`) VALUES (?, ?, ?), (?, ?, ?) \
+             ON DUPLICATE KEY UPDATE `note` = VALUES(`note`), `total` = VALUES(`total`)"
+        );
+        assert_eq!(upsert_sql(&MYSQL57, &orders(false), 1), upsert_sql(&MARIADB, &orders(false), 1));
+        assert_eq!(
+            upsert_sql(&MYSQL8, &orders(false), 2),
+            "INSERT INTO `shop`.`orders` (`id`, `note`, `total`) VALUES (?, ?, ?), (?, ?, ?) AS tw_new \
+             ON DUPLICATE KEY UPDATE `note` = tw_new.`note`, `total` = tw_new.`total`"
+        );
+    }
+
+    #[test]
+    fn upsert_guard_and_key_only_tables() {
+        assert_eq!(
+            upsert_sql(&MARIADB, &orders(true), 1),
+            "INSERT INTO `shop`.`orders` (`id`, `note`, `total`) VALUES (?, ?, ?) \
+             ON DUPLICATE KEY UPDATE `id` = IF(`id` <=> VALUES(`id`), `id`, NULL), \
+             `note` = VALUES(`note`), `total` = VALUES(`total`)"
+        );
+        let link = TableSql {
+            table: "`db`.`link`".into(),
+            columns: vec!["`a`".into(), "`b`".into()],
+            key: vec![0, 1],
+            guard: false,
+        };
+        assert_eq!(
+            upsert_sql(&MYSQL8, &link, 1),
+            "INSERT INTO `db`.`link` (`a`, `b`) VALUES (?, ?) AS tw_new ON DUPLICATE KEY UPDATE `a` = `a`"
+        );
+        let guarded = TableSql { guard: true, ..link };
+        assert_eq!(
+            upsert_sql(&MYSQL8, &guarded, 1),
+            "INSERT INTO `db`.`link` (`a`, `b`) VALUES (?, ?) AS tw_new ON DUPLICATE KEY UPDATE \
+             `a` = IF(`a` <=> tw_new.`a` AND `b` <=> tw_new.`b`, `a`, NULL)"
+        );
+    }
+
+    #[test]
+    fn deletes_by_single_and_composite_keys() {
+        assert_eq!(delete_sql(&orders(false), 3), "DELETE FROM `shop`.`orders` WHERE `id` IN (?, ?, ?)");
+        let link = TableSql {
+            table: "`db`.`link`".into(),
+            columns: vec!["`a`".into(), "`b`".into()],
+            key: vec![1, 0],
+            guard: false,
+        };
+        assert_eq!(delete_sql(&link, 2), "DELETE FROM `db`.`link` WHERE (`b`, `a`) IN ((?, ?), (?, ?))");
+    }
+
+    #[test]
+    fn partial_updates_and_truncate() {
+        assert_eq!(update_sql(&orders(false), &[2]), "UPDATE `shop`.`orders` SET `total` = ? WHERE `id` = ?");
+        assert_eq!(truncate_sql(&orders(false)), "DELETE FROM `shop`.`orders`");
+    }
+
+    #[test]
+    fn moves_read_unsent_columns_from_the_old_row() {
+        let sent = [true, false, true];
+        assert_eq!(
+            move_sql(&MARIADB, &orders(false), &sent),
+            "INSERT INTO `shop`.`orders` (`id`, `note`, `total`) SELECT ?, tw_old.`note`, ? \
+             FROM `shop`.`orders` AS tw_old WHERE tw_old.`id` = ? \
+             ON DUPLICATE KEY UPDATE `note` = VALUES(`note`), `total` = VALUES(`total`)"
+        );
+        assert_eq!(
+            move_sql(&MYSQL8, &orders(true), &sent),
+            "INSERT INTO `shop`.`orders` (`id`, `note`, `total`) SELECT * FROM (SELECT ? AS c0, \
+             tw_old.`note` AS c1, ? AS c2 FROM `shop`.`orders` AS tw_old WHERE tw_old.`id` = ?) AS tw_new \
+             ON DUPLICATE KEY UPDATE `id` = IF(`shop`.`orders`.`id` <=> tw_new.c0, `shop`.`orders`.`id`, NULL), \
+             `note` = tw_new.c1, `total` = tw_new.c2"
+        );
+    }
+
+    #[test]
+    fn ddl() {
+        let cols = vec![
+            ColumnDecl { name: "id".into(), mysql_type: "BIGINT".into(), key: true, default: None },
+            ColumnDecl { name: "we`ird".into(), mysql_type: "LONGTEXT".into(), key: false, default: None },
+        ];
+        assert_eq!(
+            create_table_sql(&MARIADB, "`db`.`t`", &cols),
+            "CREATE TABLE IF NOT EXISTS `db`.`t` (`id` BIGINT NOT NULL, `we``ird` LONGTEXT NULL, PRIMARY KEY (`id`)) \
+             ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_nopad_bin"
+        );
+        let text =
+            ColumnDecl { name: "c".into(), mysql_type: "LONGTEXT".into(), key: false, default: Some("'x'".into()) };
+        assert_eq!(
+            add_column_sql(&MYSQL8, "`db`.`t`", &text),
+            "ALTER TABLE `db`.`t` ADD COLUMN `c` LONGTEXT NULL DEFAULT ('x')"
+        );
+        let int = ColumnDecl { name: "n".into(), mysql_type: "INT".into(), key: false, default: Some("5".into()) };
+        assert_eq!(
+            add_column_sql(&MARIADB, "`db`.`t`", &int),
+            "ALTER TABLE `db`.`t` ADD COLUMN `n` INT NULL DEFAULT 5"
+        );
+        assert_eq!(
+            modify_column_sql(&MARIADB, "`db`.`t`", &ColumnDecl { default: None, ..int }),
+            "ALTER TABLE `db`.`t` MODIFY COLUMN `n` INT NULL"
+        );
+        assert_eq!(
+            create_database_sql(&MYSQL8, "replica"),
+            "CREATE DATABASE IF NOT EXISTS `replica` CHARACTER SET utf8mb4 COLLATE utf8mb4_0900_bin"
+        );
+    }
+
+    #[test]
+    fn chunks_are_powers_of_two_within_limits() {
+        assert_eq!(plan_chunks(&[10; 1000], 3, 1 << 20), vec![512, 256, 128, 64, 32, 8]);
+        assert_eq!(plan_chunks(&[10; 3000], 3, 1 << 20), vec![1024, 1024, 512, 256, 128, 32, 16, 8]);
+        // 65535 / 100 placeholders per row = 655 rows → 512.
+        assert_eq!(plan_chunks(&[10; 600], 100, 1 << 20), vec![512, 64, 16, 8]);
+        // A byte budget of 25 bytes fits two rows of 10.
+        assert_eq!(plan_chunks(&[10; 5], 1, 25), vec![2, 2, 1]);
+        // A row larger than the budget goes alone.
+        assert_eq!(plan_chunks(&[100, 1, 1], 1, 50), vec![1, 2]);
+        assert!(plan_chunks(&[], 1, 10).is_empty());
+        assert_eq!(plan_chunks(&[1; 5], 70_000, 100), vec![1; 5]);
+    }
+}

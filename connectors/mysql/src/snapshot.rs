@@ -1,0 +1,214 @@
+//! Consistent initial snapshot: a REPEATABLE READ transaction whose binlog position is
+//! known exactly, read table by table with streaming SELECTs.
+//!
+//! - MariaDB: `START TRANSACTION WITH CONSISTENT SNAPSHOT`, then the status variables
+//!   `binlog_snapshot_file` / `binlog_snapshot_position` give the binlog position of exactly
+//!   that snapshot, without any lock; `BINLOG_GTID_POS()` turns it into a GTID state.
+//! - MySQL (documented method, as mysqldump `--single-transaction --source-data` does):
+//!   `FLUSH TABLES WITH READ LOCK` briefly stops commits, the consistent-snapshot
+//!   transaction starts, `SHOW MASTER STATUS` (8.2+: `SHOW BINARY LOG STATUS`) reads the
+//!   position, `UNLOCK TABLES` lets writes go on. Needs the RELOAD privilege.
+
+use std::sync::Arc;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::Conn;
+use tidewater_core::{ConnectorError, SnapshotChunk, TableSchema, Value};
+use tokio::sync::mpsc;
+
+use crate::binlog_pos::{BinlogPosition, GtidState};
+use crate::decode::{from_protocol, ValueKind};
+use crate::quote::{quote_ident, quote_table};
+use crate::source_conn::{col, gtid_at, my_error, rows, Flavour, ServerInfo};
+
+/// How the snapshot position is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PositionQuery {
+    /// `SHOW STATUS LIKE 'binlog_snapshot_%'` inside the snapshot transaction (MariaDB).
+    SnapshotStatus,
+    /// The binlog head while commits are blocked (MySQL).
+    BinlogStatus(&'static str),
+}
+
+/// The statements that open a snapshot, by flavour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotPlan {
+    pub setup: Vec<&'static str>,
+    pub position: PositionQuery,
+    pub release: Vec<&'static str>,
+}
+
+const SESSION: &str =
+    "SET SESSION net_write_timeout = 3600, SESSION net_read_timeout = 3600, SESSION wait_timeout = 86400";
+const ISOLATION: &str = "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ";
+const START: &str = "START TRANSACTION WITH CONSISTENT SNAPSHOT";
+
+pub fn snapshot_plan(info: &ServerInfo) -> SnapshotPlan {
+    match info.flavour {
+        Flavour::MariaDb => SnapshotPlan {
+            setup: vec![SESSION, ISOLATION, START],
+            position: PositionQuery::SnapshotStatus,
+            release: vec![],
+        },
+        Flavour::MySql => SnapshotPlan {
+            setup: vec![SESSION, ISOLATION, "FLUSH TABLES WITH READ LOCK", START],
+            position: PositionQuery::BinlogStatus(info.binlog_status_sql()),
+            release: vec!["UNLOCK TABLES"],
+        },
+    }
+}
+
+/// The statements of a backfill: a consistent read without a position.
+pub fn backfill_plan() -> Vec<&'static str> {
+    vec![SESSION, ISOLATION, START]
+}
+
+async fn run(conn: &mut Conn, sql: &str) -> Result<(), ConnectorError> {
+    conn.query_drop(sql).await.map_err(|e| my_error(format_args!("opening the snapshot ({sql})"), e))
+}
+
+/// Opens the snapshot transaction on `conn` and returns its binlog position.
+pub async fn open(conn: &mut Conn, info: &ServerInfo) -> Result<BinlogPosition, ConnectorError> {
+    let plan = snapshot_plan(info);
+    for sql in &plan.setup {
+        if let Err(e) = run(conn, sql).await {
+            if sql.starts_with("FLUSH TABLES") && e.code.as_deref() == Some("1227") {
+                return Err(ConnectorError::fatal(format!(
+                    "{}; the MySQL snapshot needs FLUSH TABLES WITH READ LOCK: GRANT RELOAD ON *.* to the source user",
+                    e.message
+                )));
+            }
+            return Err(e);
+        }
+    }
+    let read = read_position(conn, plan.position).await;
+    for sql in &plan.release {
+        run(conn, sql).await?;
+    }
+    let (file, pos) = read?;
+    let gtid = match info.flavour {
+        Flavour::MariaDb => Some(
+            GtidState::parse(&gtid_at(conn, &file, pos).await?)
+                .map_err(|e| ConnectorError::fatal(format!("BINLOG_GTID_POS returned an unreadable state: {e}")))?,
+        ),
+        Flavour::MySql => None,
+    };
+    Ok(BinlogPosition::new(file, pos, gtid))
+}
+
+async fn read_position(conn: &mut Conn, q: PositionQuery) -> Result<(String, u64), ConnectorError> {
+    match q {
+        PositionQuery::SnapshotStatus => {
+            let sql = "SHOW STATUS LIKE 'binlog_snapshot_%'";
+            let (mut file, mut pos) = (String::new(), None);
+            for row in rows(conn, sql, "reading the snapshot's binlog position").await? {
+                let name: String = col(&row, 0, sql)?;
+                let value: String = col(&row, 1, sql)?;
+                match name.to_ascii_lowercase().as_str() {
+                    "binlog_snapshot_file" => file = value,
+                    "binlog_snapshot_position" => pos = value.parse::<u64>().ok(),
+                    _ => {}
+                }
+            }
+            match (file.is_empty(), pos) {
+                (false, Some(pos)) => Ok((file, pos)),
+                _ => Err(ConnectorError::fatal(
+                    "the source reports no binlog position for the snapshot (binlog_snapshot_file is empty): \
+                     binary logging must be on (log_bin)",
+                )),
+            }
+        }
+        PositionQuery::BinlogStatus(sql) => {
+            let rows = rows(conn, sql, "reading the binlog position").await?;
+            let row = rows.first().ok_or_else(|| {
+                ConnectorError::fatal(format!(
+                    "{sql} returned nothing: binary logging is off on the source (set log_bin)"
+                ))
+            })?;
+            Ok((col(row, 0, sql)?, col(row, 1, sql)?))
+        }
+    }
+}
+
+/// Opens a plain consistent read (backfill of tables added later).
+pub async fn open_backfill(conn: &mut Conn) -> Result<(), ConnectorError> {
+    for sql in backfill_plan() {
+        run(conn, sql).await?;
+    }
+    Ok(())
+}
+
+/// Streams one table out of the open snapshot in chunks of `chunk_rows`.
+pub async fn read_table(
+    conn: &mut Conn,
+    table: &Arc<TableSchema>,
+    kinds: &[ValueKind],
+    chunk_rows: usize,
+    out: &mpsc::Sender<SnapshotChunk>,
+) -> Result<(), ConnectorError> {
+    let columns = table.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
+    let sql = format!("SELECT {columns} FROM {}", quote_table(&table.id));
+    let what = format!("reading source table {} for the snapshot", table.id);
+    let mut result = conn.exec_iter(sql.as_str(), ()).await.map_err(|e| my_error(&what, e))?;
+    let chunk_rows = chunk_rows.max(1);
+    let mut rows = Vec::with_capacity(chunk_rows);
+    while let Some(row) = result.next().await.map_err(|e| my_error(&what, e))? {
+        let raw = row.unwrap_raw();
+        if raw.len() != kinds.len() {
+            return Err(ConnectorError::fatal(format!("{what}: {} values for {} columns", raw.len(), kinds.len())));
+        }
+        let mut values = Vec::with_capacity(kinds.len());
+        for ((v, kind), column) in raw.into_iter().zip(kinds).zip(&table.columns) {
+            let v = v.unwrap_or(mysql_async::Value::NULL);
+            values.push(from_protocol(kind, v).map_err(|e| {
+                ConnectorError::fatal(format!("snapshot of {}: column {}: {e}", table.id, column.name))
+            })?);
+        }
+        rows.push(values);
+        if rows.len() >= chunk_rows {
+            let full: Vec<Vec<Value>> = std::mem::replace(&mut rows, Vec::with_capacity(chunk_rows));
+            send(out, table, full).await?;
+        }
+    }
+    if !rows.is_empty() {
+        send(out, table, rows).await?;
+    }
+    Ok(())
+}
+
+async fn send(
+    out: &mpsc::Sender<SnapshotChunk>,
+    table: &Arc<TableSchema>,
+    rows: Vec<Vec<Value>>,
+) -> Result<(), ConnectorError> {
+    out.send(SnapshotChunk { table: table.clone(), rows })
+        .await
+        .map_err(|_| ConnectorError::transient("snapshot consumer stopped"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mariadb_snapshots_without_locks() {
+        let plan = snapshot_plan(&ServerInfo::parse("10.11.6-MariaDB-log"));
+        assert!(!plan.setup.iter().any(|s| s.contains("LOCK")));
+        assert_eq!(plan.setup.last().copied(), Some(START));
+        assert_eq!(plan.position, PositionQuery::SnapshotStatus);
+        assert!(plan.release.is_empty());
+    }
+
+    #[test]
+    fn mysql_snapshots_under_a_brief_global_read_lock() {
+        let plan = snapshot_plan(&ServerInfo::parse("8.0.36"));
+        let lock = plan.setup.iter().position(|s| *s == "FLUSH TABLES WITH READ LOCK");
+        let start = plan.setup.iter().position(|s| *s == START);
+        assert!(lock.is_some() && start.is_some() && lock < start, "lock before the snapshot starts: {plan:?}");
+        assert_eq!(plan.position, PositionQuery::BinlogStatus("SHOW MASTER STATUS"));
+        assert_eq!(plan.release, vec!["UNLOCK TABLES"]);
+        let plan = snapshot_plan(&ServerInfo::parse("8.4.0"));
+        assert_eq!(plan.position, PositionQuery::BinlogStatus("SHOW BINARY LOG STATUS"));
+    }
+}
