@@ -35,6 +35,9 @@ pub enum Command {
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
+        /// File with the status server's bearer token (its `status.token_file`).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// Compare source and target rows (counts and checksums).
     Verify {
@@ -92,7 +95,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             crate::run_until_signal(cfg, config).await
         }
         Command::Check { config } => check(&config).await,
-        Command::Status { url, json } => status(&url, json).await,
+        Command::Status { url, json, token_file } => status(&url, json, token_file.as_deref()).await,
         Command::Verify { config, pipeline } => verify(&config, pipeline.as_deref()).await,
         Command::Dlq { command: DlqCommand::List { config, pipeline } } => dlq_list(&config, pipeline.as_deref()).await,
         Command::Dlq { command: DlqCommand::Replay { config, pipeline, id } } => {
@@ -209,14 +212,22 @@ fn print_results(scope: &str, results: &[tidewater_postgres::check::CheckResult]
     failed
 }
 
-async fn status(url: &str, json: bool) -> ExitCode {
-    let body = match crate::http_get(&format!("{}/status", url.trim_end_matches('/'))).await {
-        Ok(b) => b,
+async fn status(url: &str, json: bool, token_file: Option<&std::path::Path>) -> ExitCode {
+    let token = match token_file.map(std::fs::read_to_string).transpose() {
+        Ok(t) => t.map(|t| t.trim().to_string()),
         Err(e) => {
-            eprintln!("cannot read {url}/status: {e} (is tidewater running? is status.listen {url}?)");
+            eprintln!("cannot read --token-file: {e}");
             return ExitCode::from(1);
         }
     };
+    let body =
+        match crate::http_get_with_token(&format!("{}/status", url.trim_end_matches('/')), token.as_deref()).await {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("cannot read {url}/status: {e} (is tidewater running? is status.listen {url}?)");
+                return ExitCode::from(1);
+            }
+        };
     if json {
         println!("{body}");
         return ExitCode::SUCCESS;

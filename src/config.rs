@@ -62,6 +62,9 @@ pub struct RawConfig {
 pub struct RawStatus {
     /// Address of the HTTP status server (`/status`, `/metrics`, `/healthz`, `/readyz`).
     pub listen: Option<String>,
+    /// A file holding a bearer token: when set, `/status`, `/metrics` and `/readyz` need
+    /// `Authorization: Bearer <token>` (`/healthz` and the dashboard page stay open).
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -272,6 +275,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub status_listen: SocketAddr,
+    /// Where the status server's bearer token is (read at start).
+    pub status_token_file: Option<PathBuf>,
     pub log_format: LogFormat,
     pub log_level: String,
     pub pipelines: Vec<PipelineConfig>,
@@ -563,7 +568,13 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
     }
 
     if errors.is_empty() {
-        Ok(Config { status_listen, log_format, log_level: raw.log.level.unwrap_or_else(|| "info".into()), pipelines })
+        Ok(Config {
+            status_listen,
+            status_token_file: raw.status.token_file,
+            log_format,
+            log_level: raw.log.level.unwrap_or_else(|| "info".into()),
+            pipelines,
+        })
     } else {
         Err(errors)
     }

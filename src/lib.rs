@@ -83,7 +83,15 @@ pub async fn run_with_reloads(
     mut reloads: Option<tokio::sync::mpsc::Receiver<Config>>,
 ) -> anyhow::Result<Vec<Outcome>> {
     let registry = Registry::new(Vec::new());
-    let (addr, server) = status::bind(cfg.status_listen, registry.clone())
+    let token = match &cfg.status_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map(|t| t.trim().to_string())
+                .map_err(|e| anyhow::anyhow!("status.token_file {}: cannot read: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let (addr, server) = status::bind(cfg.status_listen, registry.clone(), token)
         .await
         .map_err(|e| anyhow::anyhow!("status.listen {}: cannot listen: {e}", cfg.status_listen))?;
     tracing::info!(listen = %addr, "status server listening");
@@ -223,6 +231,11 @@ async fn wait_for_signal() {
 
 /// A minimal HTTP/1.1 GET for `tidewater status` (no TLS: the status server is local).
 pub async fn http_get(url: &str) -> Result<String, String> {
+    http_get_with_token(url, None).await
+}
+
+/// [`http_get`] with an optional bearer token.
+pub async fn http_get_with_token(url: &str, token: Option<&str>) -> Result<String, String> {
     let rest = url.strip_prefix("http://").ok_or("only http:// URLs are supported")?;
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -233,7 +246,8 @@ pub async fn http_get(url: &str) -> Result<String, String> {
         .await
         .map_err(|_| "connection timed out".to_string())?
         .map_err(|e| e.to_string())?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {hostport}\r\n{auth}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
     let mut response = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))

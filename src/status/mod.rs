@@ -240,14 +240,45 @@ impl Registry {
     }
 }
 
-pub fn router(registry: Arc<Registry>) -> Router {
-    Router::new()
-        .route("/", get(dashboard))
+pub fn router(registry: Arc<Registry>, token: Option<String>) -> Router {
+    // Data endpoints: behind the bearer token when one is configured.
+    let protected = Router::new()
         .route("/status", get(status))
-        .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let token = token.clone();
+                async move {
+                    if let Some(expected) = &token {
+                        let given = request
+                            .headers()
+                            .get(header::AUTHORIZATION)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.strip_prefix("Bearer "));
+                        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())) {
+                            return (
+                                StatusCode::UNAUTHORIZED,
+                                [(header::WWW_AUTHENTICATE, "Bearer")],
+                                "bearer token required\n",
+                            )
+                                .into_response();
+                        }
+                    }
+                    next.run(request).await
+                }
+            },
+        ));
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(protected)
         .with_state(registry)
+}
+
+/// Compares without an early exit, so timing does not reveal the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The dashboard: one self-contained page (no external assets) that polls `/status`.
@@ -328,9 +359,10 @@ pub fn render_metrics(registry: &Registry) -> String {
 pub async fn bind(
     listen: SocketAddr,
     registry: Arc<Registry>,
+    token: Option<String>,
 ) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = std::io::Result<()>>)> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let local = listener.local_addr()?;
-    let serve = async move { axum::serve(listener, router(registry)).await };
+    let serve = async move { axum::serve(listener, router(registry, token)).await };
     Ok((local, serve))
 }

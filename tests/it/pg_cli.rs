@@ -122,3 +122,36 @@ fn bad_usage_exits_2_and_bad_config_exits_1() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_token_protects_data_endpoints_but_not_healthz() {
+    let p = TestPipeline::new("token", "CREATE TABLE t (id int PRIMARY KEY)", &["public.t"]).await;
+    let token_path = p.dir.path().join("token");
+    std::fs::write(&token_path, "s3cret-token\n").unwrap();
+    let text = p.config_text().replace("[status]\n", &format!("[status]\ntoken_file = \"{}\"\n", token_path.display()));
+    let cfg = tidewater::config::parse(&text).unwrap();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let daemon = tokio::spawn(tidewater::run(cfg, rx));
+    let base = format!("http://127.0.0.1:{}", p.status_port);
+    wait_for("status server up", WAIT, || async { http(p.status_port, "/healthz").await.ok() }).await;
+    for path in ["/status", "/metrics", "/readyz"] {
+        let err = http(p.status_port, path).await.unwrap_err();
+        assert!(err.contains("401"), "{path} without token: {err}");
+        let wrong = tidewater::http_get_with_token(&format!("{base}{path}"), Some("nope")).await.unwrap_err();
+        assert!(wrong.contains("401"), "{path} with a wrong token: {wrong}");
+    }
+    let body = wait_for("status with the token", WAIT, || async {
+        tidewater::http_get_with_token(&format!("{base}/status"), Some("s3cret-token")).await.ok()
+    })
+    .await;
+    assert!(body.contains(&p.name));
+    assert!(http(p.status_port, "/").await.unwrap().contains("token-form"), "the page itself is open");
+    let out = Command::new(env!("CARGO_BIN_EXE_tidewater"))
+        .args(["status", "--url", &base, "--token-file"])
+        .arg(&token_path)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&p.name));
+    stop.send(true).unwrap();
+    daemon.await.unwrap().unwrap();
+}

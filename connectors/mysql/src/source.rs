@@ -61,8 +61,12 @@ use crate::source_ddl::parse_statement;
 
 /// The server sends a heartbeat after this long without events.
 const HEARTBEAT: Duration = Duration::from_secs(1);
-/// No event and no heartbeat for this long: the connection is dead.
-const READ_TIMEOUT: Duration = Duration::from_secs(3);
+/// No event and no heartbeat for this long: the connection is dead. Longer than a few
+/// heartbeats because one event (a row with a large BLOB) may take a while to arrive.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Until the stream reaches its start: resuming by GTID, the server reads the binlog from
+/// the start of the checkpoint's file without sending anything (not even heartbeats).
+const STARTUP_READ_TIMEOUT: Duration = Duration::from_secs(300);
 const LAG_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// A transaction larger than this is handed on in parts of this many events.
 const TX_PART_EVENTS: usize = 10_000;
@@ -308,7 +312,15 @@ impl Source for MysqlSource {
             flavour: info.flavour,
             stream,
             out,
-            catalog: Catalog { conn: catalog_conn, flavour: info.flavour, tables, stale: HashSet::new(), published },
+            catalog: Catalog {
+                conn: catalog_conn,
+                endpoint: self.cfg.endpoint.clone(),
+                source_name: name.clone(),
+                flavour: info.flavour,
+                tables,
+                stale: HashSet::new(),
+                published,
+            },
             start_state: start.gtid.clone().unwrap_or_default(),
             state: start.gtid.clone().unwrap_or_default(),
             gtid_mode,
@@ -321,6 +333,7 @@ impl Source for MysqlSource {
             last_delivered: start.clone(),
             start,
             part_budget: Arc::new(Semaphore::new(TX_PARTS_IN_FLIGHT)),
+            caught_up: false,
         };
         let start_for_poller = reader.start.clone();
         let poller = poll_lag(poll_conn, info, acks, start_for_poller, progress);
@@ -348,10 +361,15 @@ async fn open_stream(
         .unwrap_or_default();
     let checksum_on = !checksum.eq_ignore_ascii_case("NONE") && !checksum.is_empty();
     let mut setup = vec![
-        format!("SET @master_heartbeat_period = {}", HEARTBEAT.as_nanos()),
+        // MySQL 8.0.26+ reads the `source_` name, older servers and MariaDB the `master_` one.
+        format!("SET @master_heartbeat_period = {0}, @source_heartbeat_period = {0}", HEARTBEAT.as_nanos()),
         // Reading stops while the engine is busy (backpressure): the server must wait.
         "SET SESSION net_write_timeout = 3600".to_string(),
     ];
+    if info.flavour == Flavour::MySql {
+        // mysql_async announces checksum support under the old name only.
+        setup.push("SET @source_binlog_checksum = @@GLOBAL.binlog_checksum".to_string());
+    }
     if info.flavour == Flavour::MariaDb {
         setup.push(format!("SET @mariadb_slave_capability = {MARIA_SLAVE_CAPABILITY_GTID}"));
         if gtid_mode {
@@ -408,6 +426,8 @@ async fn poll_lag(
 /// The catalog as the reader sees it: loaded at start, refreshed after DDL.
 struct Catalog {
     conn: Conn,
+    endpoint: MysqlEndpoint,
+    source_name: String,
     flavour: Flavour,
     tables: HashMap<TableId, CatalogTable>,
     /// Tables a DDL statement named since their last refresh.
@@ -418,7 +438,16 @@ struct Catalog {
 
 impl Catalog {
     async fn refresh(&mut self, id: &TableId) -> Result<(), ConnectorError> {
-        let table = load_table(&mut self.conn, id, self.flavour).await?;
+        let table = match load_table(&mut self.conn, id, self.flavour).await {
+            Ok(t) => t,
+            // The connection idles between schema changes and may have been closed
+            // (wait_timeout): reconnect once.
+            Err(e) if !e.is_fatal() => {
+                self.conn = connect(&self.endpoint, &self.source_name).await?;
+                load_table(&mut self.conn, id, self.flavour).await?
+            }
+            Err(e) => return Err(e),
+        };
         self.tables.insert(id.clone(), table);
         self.stale.remove(id);
         Ok(())
@@ -581,6 +610,8 @@ struct Reader {
     current: Option<OpenTx>,
     last_delivered: BinlogPosition,
     part_budget: Arc<Semaphore>,
+    /// A heartbeat or a transaction after the start arrived: the server is streaming.
+    caught_up: bool,
 }
 
 fn event_time(secs: u32) -> SystemTime {
@@ -612,10 +643,11 @@ impl Reader {
     }
 
     async fn next_event(&mut self) -> Result<Event, ConnectorError> {
-        let read = tokio::time::timeout(READ_TIMEOUT, contain_future(self.stream.next())).await;
+        let limit = if self.caught_up { READ_TIMEOUT } else { STARTUP_READ_TIMEOUT };
+        let read = tokio::time::timeout(limit, contain_future(self.stream.next())).await;
         match read {
             Err(_) => Err(ConnectorError::transient(format!(
-                "source {}: no binlog event or heartbeat for {READ_TIMEOUT:?} (connection lost?)",
+                "source {}: no binlog event or heartbeat for {limit:?} (connection lost?)",
                 self.source_name
             ))),
             Ok(Err(panic)) => {
@@ -666,6 +698,7 @@ impl Reader {
             kind::UPDATE_ROWS_V1 | kind::UPDATE_ROWS => return self.rows_at(&event, Op::Update, log_pos).await,
             kind::DELETE_ROWS_V1 | kind::DELETE_ROWS => return self.rows_at(&event, Op::Delete, log_pos).await,
             kind::HEARTBEAT | kind::HEARTBEAT_V2 => {
+                self.caught_up = true;
                 self.idle_heartbeat(log_pos);
                 return Ok(true);
             }
@@ -715,6 +748,7 @@ impl Reader {
             Some(g) if self.gtid_mode => self.start_state.covers(&g),
             _ => start.cmp_file_pos(&self.start) == std::cmp::Ordering::Less,
         };
+        self.caught_up |= !skip;
         self.current = Some(OpenTx {
             gtid,
             standalone,
