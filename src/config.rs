@@ -528,6 +528,13 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
         }
         if let (Some((source, src_slot, src_pub)), Some(target)) = (source, target) {
             let shared = uses_of(&p.source) > 1;
+            if shared && source.kind == SourceKind::Mysql {
+                errors.push(err(
+                    format!("sources.{}.server_id", p.source),
+                    "this mysql source feeds several pipelines, but each binlog reader needs its own server_id: \
+                     give each pipeline its own [sources.*] section (same url, different server_id)",
+                ));
+            }
             if shared && (src_slot.is_some() || src_pub.is_some()) {
                 errors.push(err(
                     format!("sources.{}.slot", p.source),

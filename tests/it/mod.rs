@@ -1,3 +1,4 @@
+mod mysql_source;
 mod mysql_target;
 mod ops;
 mod pg_cli;

@@ -803,7 +803,10 @@ async fn create_table<C: GenericClient + Sync>(
     tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&target.schema)))
         .await
         .map_err(|e| pg_error(format_args!("creating schema {} on the target", target.schema), e))?;
-    for (type_name, labels) in &schema.enum_labels {
+    // Only a Postgres source's enum names are Postgres type names (other engines map enums
+    // to text).
+    let enums: &[(String, Vec<String>)] = if schema.engine == Engine::Postgres { &schema.enum_labels } else { &[] };
+    for (type_name, labels) in enums {
         let exists = tx
             .query_one("SELECT to_regtype($1) IS NOT NULL", &[type_name])
             .await
