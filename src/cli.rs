@@ -275,30 +275,26 @@ async fn dlq_list(path: &std::path::Path, pipeline: Option<&str>) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    let pipelines = match selected(&cfg, pipeline) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
     let mut failed = false;
-    for p in cfg.pipelines.iter().filter(|p| pipeline.is_none_or(|name| name == p.name)) {
-        let endpoint = match crate::connectors::target_pg_endpoint(p) {
-            Ok(Some(ep)) => ep,
-            Ok(None) => {
-                eprintln!("pipeline {}: only postgres targets are supported by dlq list in this build", p.name);
-                failed = true;
-                continue;
-            }
-            Err(e) => {
-                eprintln!("pipeline {}: {e}", p.name);
-                failed = true;
-                continue;
-            }
-        };
-        match tidewater_postgres::dlq::list(&endpoint, &p.name).await {
+    for p in pipelines {
+        let rows = async {
+            let mut sink = crate::connectors::sink(p)?;
+            sink.prepare().await?;
+            sink.list_dead_letters(&p.name).await
+        }
+        .await;
+        match rows {
             Ok(rows) => {
                 println!("pipeline {}: {} dead letters", p.name, rows.len());
                 for r in rows {
                     println!(
-                        "  #{} {} {} {} -> {} at {} failed {}{}\n     error: {}\n     payload: {}",
+                        "  #{} {} {} -> {} at {} failed {}{}\n     error: {}\n     payload: {}",
                         r.id,
                         r.op,
-                        r.source_position,
                         r.source_table,
                         r.target_table,
                         r.source_position,

@@ -1,3 +1,4 @@
+mod dlq_targets;
 mod mysql_source;
 mod mysql_target;
 mod ops;

@@ -249,6 +249,22 @@ impl ApplyBatch {
     }
 }
 
+/// A row of a target's dead-letter table, for `tidewater dlq list`.
+#[derive(Debug, Clone)]
+pub struct DeadLetterRecord {
+    pub id: i64,
+    pub source_position: String,
+    pub source_table: String,
+    pub target_table: String,
+    pub op: String,
+    /// The event as JSON text.
+    pub payload: String,
+    pub error: String,
+    /// UTC, ISO 8601.
+    pub failed_at: String,
+    pub replayed_at: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApplyReport {
     pub rows_written: u64,
@@ -285,6 +301,9 @@ pub trait Sink: Send {
         tables: &[TableId],
         checkpoint: &Checkpoint,
     ) -> Result<(), ConnectorError>;
+
+    /// The dead letters of `pipeline`, oldest first.
+    async fn list_dead_letters(&mut self, pipeline: &str) -> Result<Vec<DeadLetterRecord>, ConnectorError>;
 
     /// Source tables whose rows `pipeline` has copied (snapshot or backfill).
     async fn snapshotted_tables(&mut self, pipeline: &str) -> Result<Vec<TableId>, ConnectorError>;

@@ -283,6 +283,44 @@ impl Sink for MysqlSink {
         self.finish(conn, result).await
     }
 
+    async fn list_dead_letters(
+        &mut self,
+        pipeline: &str,
+    ) -> Result<Vec<tidewater_core::DeadLetterRecord>, ConnectorError> {
+        let (mut conn, _) = self.take_conn().await?;
+        let sql = format!(
+            "SELECT id, source_position, source_table, target_table, op, CAST(payload AS CHAR), error, \
+                    DATE_FORMAT(failed_at, '%Y-%m-%dT%H:%i:%sZ'), DATE_FORMAT(replayed_at, '%Y-%m-%dT%H:%i:%sZ') \
+             FROM {}.tidewater_dead_letters WHERE pipeline = ? ORDER BY id",
+            self.bookkeeping
+        );
+        let result = async {
+            let rows = sqlx::query(&sql)
+                .bind(pipeline)
+                .fetch_all(&mut conn)
+                .await
+                .map_err(|e| sqlx_error("reading tidewater_dead_letters", e))?;
+            rows.iter()
+                .map(|row| {
+                    let read = |e| sqlx_error("reading tidewater_dead_letters", e);
+                    Ok(tidewater_core::DeadLetterRecord {
+                        id: row.try_get::<i64, _>(0).map_err(read)?,
+                        source_position: text(row, 1)?,
+                        source_table: text(row, 2)?,
+                        target_table: text(row, 3)?,
+                        op: text(row, 4)?,
+                        payload: text(row, 5)?,
+                        error: text(row, 6)?,
+                        failed_at: text(row, 7)?,
+                        replayed_at: row.try_get::<Option<String>, _>(8).map_err(read)?,
+                    })
+                })
+                .collect()
+        }
+        .await;
+        self.finish(conn, result).await
+    }
+
     async fn load_checkpoint(&mut self, pipeline: &str) -> Result<Option<Checkpoint>, ConnectorError> {
         let (mut conn, _) = self.take_conn().await?;
         let sql = format!(

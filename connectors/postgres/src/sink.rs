@@ -160,6 +160,39 @@ impl Sink for PgSink {
         self.put_back(client, result)
     }
 
+    async fn list_dead_letters(
+        &mut self,
+        pipeline: &str,
+    ) -> Result<Vec<tidewater_core::DeadLetterRecord>, ConnectorError> {
+        let client = self.take_client().await?;
+        let result = client
+            .query(
+                "SELECT id, source_position, source_table, target_table, op, payload::text, error, \
+                        to_char(failed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+                        to_char(replayed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+                 FROM public.tidewater_dead_letters WHERE pipeline = $1 ORDER BY id",
+                &[&pipeline],
+            )
+            .await
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| tidewater_core::DeadLetterRecord {
+                        id: r.get(0),
+                        source_position: r.get(1),
+                        source_table: r.get(2),
+                        target_table: r.get(3),
+                        op: r.get(4),
+                        payload: r.get(5),
+                        error: r.get(6),
+                        failed_at: r.get(7),
+                        replayed_at: r.get(8),
+                    })
+                    .collect()
+            })
+            .map_err(|e| pg_error("reading tidewater_dead_letters", e));
+        self.put_back(client, result)
+    }
+
     async fn snapshotted_tables(&mut self, pipeline: &str) -> Result<Vec<TableId>, ConnectorError> {
         let client = self.take_client().await?;
         let result = client

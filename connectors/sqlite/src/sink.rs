@@ -220,6 +220,43 @@ impl Sink for SqliteSink {
         self.finish(conn, result.map(drop), saved).await
     }
 
+    async fn list_dead_letters(
+        &mut self,
+        pipeline: &str,
+    ) -> Result<Vec<tidewater_core::DeadLetterRecord>, ConnectorError> {
+        let saved = self.tables.clone();
+        let mut conn = self.take_conn().await?;
+        let path = self.path.clone();
+        let result = async {
+            let rows = sqlx::query(
+                "SELECT id, source_position, source_table, target_table, op, payload, error, failed_at, replayed_at \
+                 FROM tidewater_dead_letters WHERE pipeline = ?1 ORDER BY id",
+            )
+            .bind(pipeline)
+            .fetch_all(&mut conn)
+            .await
+            .map_err(|e| sqlite_error("reading tidewater_dead_letters", &path, e))?;
+            rows.iter()
+                .map(|r| {
+                    Ok(tidewater_core::DeadLetterRecord {
+                        id: r.try_get(0)?,
+                        source_position: r.try_get(1)?,
+                        source_table: r.try_get(2)?,
+                        target_table: r.try_get(3)?,
+                        op: r.try_get(4)?,
+                        payload: r.try_get(5)?,
+                        error: r.try_get(6)?,
+                        failed_at: r.try_get(7)?,
+                        replayed_at: r.try_get(8)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(|e| not_row_tied(sqlite_error("reading tidewater_dead_letters", &path, e)))
+        }
+        .await;
+        self.finish(conn, result, saved).await
+    }
+
     async fn load_checkpoint(&mut self, pipeline: &str) -> Result<Option<Checkpoint>, ConnectorError> {
         let saved = self.tables.clone();
         let mut conn = self.take_conn().await?;
