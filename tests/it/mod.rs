@@ -1,4 +1,5 @@
 mod dlq_targets;
+mod mysql_e2e;
 mod mysql_source;
 mod mysql_target;
 mod ops;

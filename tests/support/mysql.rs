@@ -116,15 +116,18 @@ impl MyServer {
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let root = PathBuf::from(format!("/tmp/tidewater-my-{name}-{}-{nanos:09}", std::process::id()));
         fs::create_dir_all(root.join("data")).map_err(|e| format!("mkdir {}: {e}", root.display()))?;
+        // A private tmpdir: servers sharing /tmp clash on temporary table files.
+        fs::create_dir_all(root.join("tmp")).map_err(|e| format!("mkdir {}: {e}", root.display()))?;
         spawn_watchdog(&root)?;
         if running_as_root() {
             let _ = Command::new("chown").arg("-R").arg(format!("{MYSQL_OS_USER}:")).arg(&root).status();
         }
-        let server = MyServer { port: free_port(), socket: root.join("mysqld.sock"), root, server_id };
+        let mut server = MyServer { port: free_port(), socket: root.join("mysqld.sock"), root, server_id };
         let mut install = Command::new("mariadb-install-db");
         install
             .arg("--no-defaults")
             .arg(format!("--datadir={}", server.data_dir().display()))
+            .arg(format!("--tmpdir={}", server.root.join("tmp").display()))
             .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
             .stdin(Stdio::null());
         if running_as_root() {
@@ -134,7 +137,22 @@ impl MyServer {
         if !out.status.success() {
             return Err(format!("mariadb-install-db failed: {}", String::from_utf8_lossy(&out.stderr)));
         }
-        server.start_process()?;
+        // The port was free a moment ago; another process may take it first: retry.
+        let mut attempt = 0;
+        loop {
+            match server.start_process() {
+                Ok(()) => break,
+                Err(e) if attempt < 3 => {
+                    attempt += 1;
+                    eprintln!("MariaDB {name} did not start on port {} ({e}); retrying on another port", server.port);
+                    if let Some(pid) = server.pid() {
+                        let _ = Command::new("kill").args(["-9", &pid]).status();
+                    }
+                    server.port = free_port();
+                }
+                Err(e) => return Err(e),
+            }
+        }
         server.sql(&format!(
             "CREATE USER '{MYSQL_USER}'@'%' IDENTIFIED BY '{MYSQL_PASSWORD}'; \
              GRANT ALL PRIVILEGES ON *.* TO '{MYSQL_USER}'@'%'; FLUSH PRIVILEGES;"
@@ -151,6 +169,7 @@ impl MyServer {
             .arg(format!("--pid-file={}", self.root.join("mysqld.pid").display()))
             .arg(format!("--log-error={}", self.root.join("error.log").display()))
             .arg(format!("--log-bin={}", self.data_dir().join("binlog").display()))
+            .arg(format!("--tmpdir={}", self.root.join("tmp").display()))
             .arg(format!("--server-id={}", self.server_id))
             .args([
                 "--bind-address=127.0.0.1",
@@ -171,11 +190,18 @@ impl MyServer {
         if running_as_root() {
             cmd.arg(format!("--user={MYSQL_OS_USER}"));
         }
-        cmd.spawn().map_err(|e| format!("cannot start mariadbd: {e}"))?;
+        let mut child = cmd.spawn().map_err(|e| format!("cannot start mariadbd: {e}"))?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
+            // Up on its socket and on its own TCP port (not some other process's).
             if self.sql("SELECT 1").is_ok() {
-                return Ok(());
+                let port: Option<u16> = self.sql("SELECT @@port").ok().and_then(|p| p.trim().parse().ok());
+                if port == Some(self.port) && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                    return Ok(());
+                }
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("mariadbd exited ({status}); log: {}", self.log_tail(10)));
             }
             if Instant::now() > deadline {
                 return Err(format!("mariadbd did not come up; log: {}", self.log_tail(30)));
