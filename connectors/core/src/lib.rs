@@ -16,7 +16,7 @@ pub use error::{ConnectorError, ErrorClass};
 pub use event::{ChangeEvent, Checkpoint, Op, Transaction};
 pub use schema::{Column, ColumnType, Engine, TableId, TableSchema};
 pub use traits::{
-    ApplyBatch, ApplyReport, DeadLetter, DeadLetterRecord, MovedRow, RowOrigin, Sink, SnapshotChunk, Source,
-    SourceItem, SourceProgress, StreamHandle, TableChanges, TablePlan, TransactionPart,
+    ApplyBatch, ApplyReport, DeadLetter, DeadLetterRecord, MovedRow, RowKind, RowOrigin, Sink, SnapshotChunk, Source,
+    SourceItem, SourceProgress, StreamHandle, TableChanges, TablePlan, TransactionPart, ROW_KINDS_IN_ORDER,
 };
 pub use value::Value;

@@ -163,7 +163,37 @@ pub struct MovedRow {
     pub row: Vec<Value>,
 }
 
+/// The kinds of rows in a [`TableChanges`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowKind {
+    Move,
+    Delete,
+    Upsert,
+}
+
+/// The order sinks apply a segment's rows in: moves read the old key's row, so they run
+/// before the deletes remove it; upserts last.
+pub const ROW_KINDS_IN_ORDER: [RowKind; 3] = [RowKind::Move, RowKind::Delete, RowKind::Upsert];
+
 impl TableChanges {
+    /// How many rows of `kind` the segment holds.
+    pub fn kind_len(&self, kind: RowKind) -> usize {
+        match kind {
+            RowKind::Move => self.moves.len(),
+            RowKind::Delete => self.deletes.len(),
+            RowKind::Upsert => self.upserts.len(),
+        }
+    }
+
+    /// Row `i` of `kind` as a dead letter records it (a move's new row), and its origin.
+    pub fn row_of(&self, kind: RowKind, i: usize) -> (&[Value], Option<RowOrigin>) {
+        match kind {
+            RowKind::Move => (&self.moves[i].row, self.move_origins.get(i).copied()),
+            RowKind::Delete => (&self.deletes[i], self.delete_origins.get(i).copied()),
+            RowKind::Upsert => (&self.upserts[i], self.upsert_origins.get(i).copied()),
+        }
+    }
+
     /// Changes that only upsert `rows` (snapshot chunks).
     pub fn upserts(schema: Arc<TableSchema>, target: TableId, rows: Vec<Vec<Value>>) -> Self {
         TableChanges {

@@ -48,8 +48,8 @@ use futures_util::future::BoxFuture;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlRow};
 use sqlx::{ConnectOptions, Row};
 use tidewater_core::{
-    ApplyBatch, ApplyReport, Checkpoint, ConnectorError, DeadLetter, ErrorClass, MovedRow, RowOrigin, Sink,
-    TableChanges, TableId, TablePlan, TableSchema, Value,
+    ApplyBatch, ApplyReport, Checkpoint, ConnectorError, DeadLetter, ErrorClass, MovedRow, RowKind, Sink, TableChanges,
+    TableId, TablePlan, TableSchema, Value, ROW_KINDS_IN_ORDER,
 };
 
 use crate::errors::mysql_error;
@@ -810,33 +810,6 @@ fn bind<'v>(changes: &TableChanges, p: &Prepared<'_>, i: usize, value: &'v Value
         .map_err(|msg| ConnectorError::event(format!("{} column {}: {msg}", changes.target, column.name)))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RowKind {
-    Move,
-    Delete,
-    Upsert,
-}
-
-/// Moves read the old key's row, so they run before the deletes remove it.
-const ROW_KINDS_IN_ORDER: [RowKind; 3] = [RowKind::Move, RowKind::Delete, RowKind::Upsert];
-
-fn kind_len(changes: &TableChanges, kind: RowKind) -> usize {
-    match kind {
-        RowKind::Move => changes.moves.len(),
-        RowKind::Delete => changes.deletes.len(),
-        RowKind::Upsert => changes.upserts.len(),
-    }
-}
-
-/// The row a dead letter records, and its origin.
-fn row_of(changes: &TableChanges, kind: RowKind, i: usize) -> (&Vec<Value>, Option<RowOrigin>) {
-    match kind {
-        RowKind::Move => (&changes.moves[i].row, changes.move_origins.get(i).copied()),
-        RowKind::Delete => (&changes.deletes[i], changes.delete_origins.get(i).copied()),
-        RowKind::Upsert => (&changes.upserts[i], changes.upsert_origins.get(i).copied()),
-    }
-}
-
 async fn truncate(conn: &mut MySqlConnection, changes: &TableChanges, p: &Prepared<'_>) -> Result<(), ConnectorError> {
     if changes.truncate {
         exec(conn, &sql::truncate_sql(&p.sql), [])
@@ -857,7 +830,7 @@ async fn apply_table(
     truncate(conn, changes, &p).await?;
     let mut rows = 0;
     for kind in ROW_KINDS_IN_ORDER {
-        rows += apply_set(conn, env, changes, &p, kind, 0..kind_len(changes, kind)).await?;
+        rows += apply_set(conn, env, changes, &p, kind, 0..changes.kind_len(kind)).await?;
     }
     Ok(rows)
 }
@@ -878,7 +851,7 @@ async fn apply_table_isolating(
     let mut written = 0;
     for kind in ROW_KINDS_IN_ORDER {
         let mut pending: Vec<std::ops::Range<usize>> = Vec::new();
-        pending.push(0..kind_len(changes, kind));
+        pending.push(0..changes.kind_len(kind));
         while let Some(range) = pending.pop() {
             if range.is_empty() {
                 continue;
@@ -892,7 +865,7 @@ async fn apply_table_isolating(
                 Err(e) if e.class == ErrorClass::Event => {
                     savepoint(conn, "ROLLBACK TO SAVEPOINT tidewater_row").await?;
                     if range.len() == 1 {
-                        let (row, origin) = row_of(changes, kind, range.start);
+                        let (row, origin) = changes.row_of(kind, range.start);
                         dead_letters.push(changes.dead_letter(batch, row, origin, e.to_string()));
                     } else {
                         let mid = range.start + range.len() / 2;

@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tidewater_core::{
-    ApplyBatch, ApplyReport, Checkpoint, ColumnType, ConnectorError, Engine, Sink, TableChanges, TableId, TablePlan,
-    TableSchema, Value,
+    ApplyBatch, ApplyReport, Checkpoint, ColumnType, ConnectorError, Engine, RowKind, Sink, TableChanges, TableId,
+    TablePlan, TableSchema, Value, ROW_KINDS_IN_ORDER,
 };
 use tokio_postgres::{Client, GenericClient, Statement};
 
@@ -416,7 +416,7 @@ async fn apply_table<C: GenericClient + Sync>(
     prepare_segment(tx, state, changes).await?;
     let mut rows = 0;
     for kind in ROW_KINDS_IN_ORDER {
-        rows += apply_set(tx, state, changes, kind, 0..kind_len(changes, kind)).await?;
+        rows += apply_set(tx, state, changes, kind, 0..changes.kind_len(kind)).await?;
     }
     Ok(rows)
 }
@@ -437,33 +437,6 @@ async fn prepare_segment<C: GenericClient + Sync>(
             .map_err(|e| pg_error(format_args!("truncating {target}"), e))?;
     }
     Ok(())
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RowKind {
-    Move,
-    Delete,
-    Upsert,
-}
-
-/// Moves read the old key's row, so they run before the deletes remove it.
-const ROW_KINDS_IN_ORDER: [RowKind; 3] = [RowKind::Move, RowKind::Delete, RowKind::Upsert];
-
-fn kind_len(changes: &TableChanges, kind: RowKind) -> usize {
-    match kind {
-        RowKind::Move => changes.moves.len(),
-        RowKind::Delete => changes.deletes.len(),
-        RowKind::Upsert => changes.upserts.len(),
-    }
-}
-
-/// The row a dead letter records, and its origin.
-fn row_of(changes: &TableChanges, kind: RowKind, i: usize) -> (&Vec<Value>, Option<tidewater_core::RowOrigin>) {
-    match kind {
-        RowKind::Move => (&changes.moves[i].row, changes.move_origins.get(i).copied()),
-        RowKind::Delete => (&changes.deletes[i], changes.delete_origins.get(i).copied()),
-        RowKind::Upsert => (&changes.upserts[i], changes.upsert_origins.get(i).copied()),
-    }
 }
 
 /// Applies the rows `range` of one kind (distinct keys) with set-based statements.
@@ -646,7 +619,7 @@ async fn apply_table_isolating<C: GenericClient + Sync>(
     let mut written = 0;
     for kind in ROW_KINDS_IN_ORDER {
         let mut pending: Vec<std::ops::Range<usize>> = Vec::new();
-        pending.push(0..kind_len(changes, kind));
+        pending.push(0..changes.kind_len(kind));
         while let Some(range) = pending.pop() {
             if range.is_empty() {
                 continue;
@@ -664,7 +637,7 @@ async fn apply_table_isolating<C: GenericClient + Sync>(
                         .await
                         .map_err(|e| pg_error("rolling back to a savepoint", e))?;
                     if range.len() == 1 {
-                        let (row, origin) = row_of(changes, kind, range.start);
+                        let (row, origin) = changes.row_of(kind, range.start);
                         dead_letters.push(changes.dead_letter(batch, row, origin, e.to_string()));
                     } else {
                         let mid = range.start + range.len() / 2;

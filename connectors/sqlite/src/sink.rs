@@ -55,8 +55,8 @@ use sqlx::query::Query;
 use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Row, Sqlite};
 use tidewater_core::{
-    ApplyBatch, ApplyReport, Checkpoint, ConnectorError, DeadLetter, ErrorClass, MovedRow, RowOrigin, Sink,
-    TableChanges, TableId, TablePlan, TableSchema, Value,
+    ApplyBatch, ApplyReport, Checkpoint, ConnectorError, DeadLetter, ErrorClass, MovedRow, RowKind, Sink, TableChanges,
+    TableId, TablePlan, TableSchema, Value, ROW_KINDS_IN_ORDER,
 };
 
 use crate::sql::{quote_ident, sqlite_error};
@@ -488,33 +488,6 @@ fn check_name_collisions(plans: &[TablePlan]) -> Result<(), ConnectorError> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RowKind {
-    Move,
-    Delete,
-    Upsert,
-}
-
-/// Moves read the old key's row, so they run before the deletes remove it.
-const ROW_KINDS_IN_ORDER: [RowKind; 3] = [RowKind::Move, RowKind::Delete, RowKind::Upsert];
-
-fn kind_len(changes: &TableChanges, kind: RowKind) -> usize {
-    match kind {
-        RowKind::Move => changes.moves.len(),
-        RowKind::Delete => changes.deletes.len(),
-        RowKind::Upsert => changes.upserts.len(),
-    }
-}
-
-/// The row a dead letter records, and its origin.
-fn row_of(changes: &TableChanges, kind: RowKind, i: usize) -> (&[Value], Option<RowOrigin>) {
-    match kind {
-        RowKind::Move => (&changes.moves[i].row, changes.move_origins.get(i).copied()),
-        RowKind::Delete => (&changes.deletes[i], changes.delete_origins.get(i).copied()),
-        RowKind::Upsert => (&changes.upserts[i], changes.upsert_origins.get(i).copied()),
-    }
-}
-
 fn has_unchanged(row: &[Value]) -> bool {
     row.iter().any(|v| matches!(v, Value::Unchanged))
 }
@@ -719,7 +692,7 @@ impl Writer<'_> {
         self.prepare_segment(changes).await?;
         let mut rows = 0;
         for kind in ROW_KINDS_IN_ORDER {
-            rows += self.apply_set(changes, kind, 0..kind_len(changes, kind)).await?;
+            rows += self.apply_set(changes, kind, 0..changes.kind_len(kind)).await?;
         }
         Ok(rows)
     }
@@ -737,7 +710,7 @@ impl Writer<'_> {
         let mut written = 0;
         for kind in ROW_KINDS_IN_ORDER {
             let mut pending: Vec<Range<usize>> = Vec::new();
-            pending.push(0..kind_len(changes, kind));
+            pending.push(0..changes.kind_len(kind));
             while let Some(range) = pending.pop() {
                 if range.is_empty() {
                     continue;
@@ -752,7 +725,7 @@ impl Writer<'_> {
                         self.exec("ROLLBACK TO tidewater_rows", "rolling back to a savepoint").await?;
                         self.exec("RELEASE tidewater_rows", "releasing a savepoint").await?;
                         if range.len() == 1 {
-                            let (row, origin) = row_of(changes, kind, range.start);
+                            let (row, origin) = changes.row_of(kind, range.start);
                             dead_letters.push(changes.dead_letter(batch, row, origin, e.to_string()));
                         } else {
                             let mid = range.start + range.len() / 2;
