@@ -213,11 +213,11 @@ fn client_config(mode: SslMode, roots: Option<RootCertStore>) -> Result<ClientCo
         }
         (SslMode::VerifyCa, Some(roots)) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ChainOnlyVerifier { roots: Arc::new(roots), algorithms }))
+            .with_custom_certificate_verifier(Arc::new(LaxVerifier { roots: Some(Arc::new(roots)), algorithms }))
             .with_no_client_auth(),
         (SslMode::Prefer | SslMode::Require, _) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(EncryptOnlyVerifier { algorithms }))
+            .with_custom_certificate_verifier(Arc::new(LaxVerifier { roots: None, algorithms }))
             .with_no_client_auth(),
         (mode, _) => return Err(rustls::Error::General(format!("no TLS configuration for sslmode = {mode}"))),
     };
@@ -227,57 +227,18 @@ fn client_config(mode: SslMode, roots: Option<RootCertStore>) -> Result<ClientCo
     Ok(config)
 }
 
-/// `prefer`/`require`: any certificate is accepted, but the handshake signatures are
-/// still checked so the session keys belong to the certificate's key.
+/// The verifier for the modes that do not check the host name. Handshake signatures are
+/// always checked, so the session keys belong to the certificate's key.
+/// - `roots: None` (`prefer`/`require`): any certificate is accepted (encrypt only);
+/// - `roots: Some` (`verify-ca`): the chain must lead to a configured root (validity dates
+///   included); the names in the certificate are not compared with the host.
 #[derive(Debug)]
-struct EncryptOnlyVerifier {
+struct LaxVerifier {
+    roots: Option<Arc<RootCertStore>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for EncryptOnlyVerifier {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// `verify-ca`: the chain must lead to a configured root (validity dates included);
-/// the names in the certificate are not compared with the host.
-#[derive(Debug)]
-struct ChainOnlyVerifier {
-    roots: Arc<RootCertStore>,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for ChainOnlyVerifier {
+impl ServerCertVerifier for LaxVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -286,8 +247,10 @@ impl ServerCertVerifier for ChainOnlyVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(&cert, &self.roots, intermediates, now, self.algorithms.all)?;
+        if let Some(roots) = &self.roots {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            verify_server_cert_signed_by_trust_anchor(&cert, roots, intermediates, now, self.algorithms.all)?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
