@@ -91,24 +91,32 @@ async fn kill_9_during_the_initial_snapshot_restarts_it_without_gap_or_duplicate
     child.wait().unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn source_server_crash_mid_stream_resumes_without_loss_or_duplicates() {
-    let _serial = SERIAL.lock().await;
-    let mut p = TestPipeline::new("srccrash", "CREATE TABLE seq (n bigint PRIMARY KEY)", &["public.seq"]).await;
+/// Runs a pipeline under a writer load, crashes one server (`stop_immediate`) for 3 s,
+/// restarts it, and checks the sequence arrived exactly once. Returns the pipeline (still
+/// running as `daemon`) for further assertions.
+async fn crash_server_under_load(prefix: &str, crash_source: bool) -> (TestPipeline, support::daemon::InProcess) {
+    let mut p = TestPipeline::new(prefix, "CREATE TABLE seq (n bigint PRIMARY KEY)", &["public.seq"]).await;
     p.pipeline_extra = FAST_RETRY.into();
     let daemon = p.start();
     p.wait_state("streaming", WAIT).await;
     let stop = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn(resilient_writer(p.source, p.source_db.clone(), stop.clone()));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let source = p.source;
-    tokio::task::spawn_blocking(move || source.stop_immediate()).await.unwrap();
+    let server: &'static PgServer = if crash_source { p.source } else { p.target };
+    tokio::task::spawn_blocking(move || server.stop_immediate()).await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    tokio::task::spawn_blocking(move || source.start()).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::task::spawn_blocking(move || server.start()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::SeqCst);
     let written = writer.await.unwrap();
     assert_sequence_complete(&p, written).await;
+    (p, daemon)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_server_crash_mid_stream_resumes_without_loss_or_duplicates() {
+    let _serial = SERIAL.lock().await;
+    let (p, daemon) = crash_server_under_load("srccrash", true).await;
     let status = p.status().await.unwrap();
     assert!(status["retries_total"].as_u64().unwrap() >= 1, "{status}");
     daemon.stop().await;
@@ -117,21 +125,7 @@ async fn source_server_crash_mid_stream_resumes_without_loss_or_duplicates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn target_server_crash_mid_batch_resumes_without_loss_or_duplicates() {
     let _serial = SERIAL.lock().await;
-    let mut p = TestPipeline::new("dstcrash", "CREATE TABLE seq (n bigint PRIMARY KEY)", &["public.seq"]).await;
-    p.pipeline_extra = FAST_RETRY.into();
-    let daemon = p.start();
-    p.wait_state("streaming", WAIT).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn(resilient_writer(p.source, p.source_db.clone(), stop.clone()));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let target = p.target;
-    tokio::task::spawn_blocking(move || target.stop_immediate()).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    tokio::task::spawn_blocking(move || target.start()).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::SeqCst);
-    let written = writer.await.unwrap();
-    assert_sequence_complete(&p, written).await;
+    let (p, daemon) = crash_server_under_load("dstcrash", false).await;
     let confirmed = p.slot_confirmed_flush().await.unwrap();
     let checkpoint = p.checkpoint_lsn().await.unwrap();
     assert!(confirmed <= checkpoint, "slot {confirmed} <= target checkpoint {checkpoint}");
