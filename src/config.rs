@@ -95,10 +95,10 @@ pub struct RawSource {
     pub slot: Option<String>,
     /// Postgres: publication name (default `tidewater_<pipeline>`).
     pub publication: Option<String>,
-    /// Postgres: `disable`, `prefer` (default), `require`, `verify-ca` or `verify-full`,
-    /// as libpq's sslmode; applies to the replication connection too.
+    /// Postgres and MySQL: `disable`, `prefer` (default), `require`, `verify-ca` or
+    /// `verify-full`, as libpq's sslmode; applies to the replication/binlog connection too.
     pub sslmode: Option<String>,
-    /// Postgres: PEM file with the CA certificate(s) the server certificate must chain
+    /// Postgres and MySQL: PEM file with the CA certificate(s) the server certificate must chain
     /// to; required by (and only used with) `verify-ca` and `verify-full`.
     pub ssl_ca_file: Option<PathBuf>,
 }
@@ -114,9 +114,9 @@ pub struct RawTarget {
     pub path: Option<PathBuf>,
     pub password_file: Option<PathBuf>,
     pub password_env: Option<String>,
-    /// Postgres: as `sources.NAME.sslmode`.
+    /// Postgres and MySQL: as `sources.NAME.sslmode`.
     pub sslmode: Option<String>,
-    /// Postgres: as `sources.NAME.ssl_ca_file`.
+    /// Postgres and MySQL: as `sources.NAME.ssl_ca_file`.
     pub ssl_ca_file: Option<PathBuf>,
 }
 
@@ -192,7 +192,7 @@ impl Secret {
     }
 }
 
-/// TLS settings of a Postgres connection, validated (the CA file is read when connecting).
+/// TLS settings of a Postgres or MySQL connection, validated (the CA file is read when connecting).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
     pub sslmode: SslMode,
@@ -385,7 +385,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
         }
         let tls = tls_config(
             &key,
-            kind.map(|k| k == SourceKind::Postgres),
+            // Every source kind (postgres, mysql) connects over the network.
+            kind.map(|_| true),
             Some(&src.url),
             &src.sslmode,
             &src.ssl_ca_file,
@@ -443,7 +444,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
         };
         let tls = tls_config(
             &key,
-            kind.map(|k| k == TargetKind::Postgres),
+            kind.map(|k| k != TargetKind::Sqlite),
             tgt.url.as_deref(),
             &tgt.sslmode,
             &tgt.ssl_ca_file,
@@ -599,23 +600,24 @@ fn secret(key: &str, file: &Option<PathBuf>, env: &Option<String>, errors: &mut 
     }
 }
 
-/// Validates `sslmode` / `ssl_ca_file` of the section `key`. `postgres` is `None` when the
-/// type itself is invalid (already reported).
+/// Validates `sslmode` / `ssl_ca_file` of the section `key`. `networked` says whether the
+/// type connects over the network (postgres, mysql; not sqlite); `None` when the type
+/// itself is invalid (already reported).
 fn tls_config(
     key: &str,
-    postgres: Option<bool>,
+    networked: Option<bool>,
     url: Option<&str>,
     sslmode: &Option<String>,
     ca_file: &Option<PathBuf>,
     errors: &mut Vec<ConfigError>,
 ) -> TlsConfig {
     let mut tls = TlsConfig { sslmode: SslMode::default(), ca_file: ca_file.clone() };
-    if postgres == Some(false) {
+    if networked == Some(false) {
         if sslmode.is_some() || ca_file.is_some() {
             let which = if sslmode.is_some() { "sslmode" } else { "ssl_ca_file" };
             errors.push(err(
                 format!("{key}.{which}"),
-                "sslmode and ssl_ca_file apply to postgres connections only in this build: remove them",
+                "sslmode and ssl_ca_file apply to postgres and mysql connections only: remove them",
             ));
         }
         return tls;
@@ -812,6 +814,27 @@ target = "wh"
         );
         let e = parse(&sqlite).unwrap_err();
         assert!(e.iter().any(|e| e.key == "targets.wh.sslmode"), "{e:?}");
+    }
+
+    #[test]
+    fn mysql_sections_take_tls_keys() {
+        let text = GOOD
+            .replace(
+                "type = \"postgres\"\nurl = \"postgres://replicator",
+                "type = \"mysql\"\nserver_id = 7\nsslmode = \"verify-full\"\nssl_ca_file = \"/ca.pem\"\n\
+                 url = \"mysql://replicator",
+            )
+            .replace(
+                "type = \"postgres\"\nurl = \"postgres://tidewater@127.0.0.1:5433/warehouse\"",
+                "type = \"mysql\"\nurl = \"mysql://tidewater@127.0.0.1:3306/warehouse\"\nsslmode = \"disable\"",
+            );
+        let c = parse(&text).unwrap();
+        let p = &c.pipelines[0];
+        assert_eq!(p.source.kind, SourceKind::Mysql);
+        assert_eq!(p.source.tls.sslmode, SslMode::VerifyFull);
+        assert_eq!(p.source.tls.ca_file.as_deref(), Some(Path::new("/ca.pem")));
+        assert_eq!(p.target.kind, TargetKind::Mysql);
+        assert_eq!(p.target.tls.sslmode, SslMode::Disable);
     }
 
     #[test]

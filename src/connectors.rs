@@ -3,11 +3,11 @@
 
 use tidewater_core::{ConnectorError, Sink, Source};
 use tidewater_mysql::sink::MysqlEndpoint;
-use tidewater_mysql::{MysqlSink, MysqlSource, MysqlSourceConfig};
+use tidewater_mysql::{MysqlSink, MysqlSource, MysqlSourceConfig, MysqlSslMode, MysqlTls};
 use tidewater_postgres::{PgEndpoint, PgSink, PgSource, PgSourceConfig, TlsSettings};
 use tidewater_sqlite::SqliteSink;
 
-use crate::config::{Endpoint, PipelineConfig, Secret, SourceKind, TargetKind, TlsConfig};
+use crate::config::{Endpoint, PipelineConfig, Secret, SourceKind, SslMode, TargetKind, TlsConfig};
 
 /// The connector's view of one Postgres endpoint: reads the password and the CA file
 /// now; errors name the key (`sources.NAME` / `targets.NAME`), never a secret.
@@ -30,6 +30,18 @@ fn pg_endpoint(
         application_name,
         tls,
     })
+}
+
+/// The TLS settings of a MySQL source or target (validated by the configuration).
+fn mysql_tls(tls: &TlsConfig) -> MysqlTls {
+    let mode = match tls.sslmode {
+        SslMode::Disable => MysqlSslMode::Disable,
+        SslMode::Prefer => MysqlSslMode::Prefer,
+        SslMode::Require => MysqlSslMode::Require,
+        SslMode::VerifyCa => MysqlSslMode::VerifyCa,
+        SslMode::VerifyFull => MysqlSslMode::VerifyFull,
+    };
+    MysqlTls { mode, ca_file: tls.ca_file.clone() }
 }
 
 fn mysql_endpoint(endpoint: &Endpoint, secret: &Secret, key: &str) -> Result<MysqlEndpoint, ConnectorError> {
@@ -69,12 +81,15 @@ pub fn source(cfg: &PipelineConfig) -> Result<Box<dyn Source>, ConnectorError> {
                 .source
                 .server_id
                 .ok_or_else(|| ConnectorError::fatal(format!("{key}.server_id is required for mysql sources")))?;
-            Ok(Box::new(MysqlSource::new(MysqlSourceConfig {
-                source_name: cfg.source.name.clone(),
-                endpoint: mysql_endpoint(&cfg.source.endpoint, &cfg.source.password, &key)?,
-                tables: cfg.source.tables.clone(),
-                server_id,
-            })))
+            Ok(Box::new(
+                MysqlSource::new(MysqlSourceConfig {
+                    source_name: cfg.source.name.clone(),
+                    endpoint: mysql_endpoint(&cfg.source.endpoint, &cfg.source.password, &key)?,
+                    tables: cfg.source.tables.clone(),
+                    server_id,
+                })
+                .with_tls(mysql_tls(&cfg.source.tls)),
+            ))
         }
     }
 }
@@ -90,9 +105,9 @@ pub fn sink(cfg: &PipelineConfig) -> Result<Box<dyn Sink>, ConnectorError> {
             &key,
         )?))),
         (TargetKind::Postgres, None) => Err(ConnectorError::fatal(format!("{key}.url is required"))),
-        (TargetKind::Mysql, Some(endpoint)) => {
-            Ok(Box::new(MysqlSink::new(mysql_endpoint(endpoint, &cfg.target.password, &key)?)))
-        }
+        (TargetKind::Mysql, Some(endpoint)) => Ok(Box::new(
+            MysqlSink::new(mysql_endpoint(endpoint, &cfg.target.password, &key)?).with_tls(mysql_tls(&cfg.target.tls)),
+        )),
         (TargetKind::Mysql, None) => Err(ConnectorError::fatal(format!("{key}.url is required"))),
         (TargetKind::Sqlite, _) => match &cfg.target.path {
             Some(path) => Ok(Box::new(SqliteSink::new(path.clone()))),

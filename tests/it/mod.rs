@@ -2,6 +2,7 @@ mod dlq_targets;
 mod mysql_e2e;
 mod mysql_source;
 mod mysql_target;
+mod mysql_tls;
 mod ops;
 mod pg_cli;
 mod pg_faults;

@@ -257,3 +257,48 @@ rm -rf "$root"
         .map(|_| ())
         .map_err(|e| format!("cannot spawn cleanup watchdog: {e}"))
 }
+
+/// A MariaDB server of its own (not shared) with TLS: `ssl_ca`, `ssl_cert`, `ssl_key`
+/// set to the given PEM files (readable by the server's OS user) and
+/// `require_secure_transport=ON`, so every TCP login must use TLS. Set up like the shared
+/// servers, then restarted with the same command line plus the TLS options.
+pub async fn start_tls_mysql(name: &'static str, server_id: u32, ca: PathBuf, cert: PathBuf, key: PathBuf) -> MyServer {
+    let started = tokio::task::spawn_blocking(move || -> Result<MyServer, String> {
+        let server = MyServer::create(name, server_id)?;
+        let pid = server.pid().ok_or("no pid file")?;
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).map_err(|e| format!("cmdline of {pid}: {e}"))?;
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        server.kill9();
+        let mut cmd = Command::new(&args[0]);
+        cmd.args(&args[1..])
+            .arg(format!("--ssl-ca={}", ca.display()))
+            .arg(format!("--ssl-cert={}", cert.display()))
+            .arg(format!("--ssl-key={}", key.display()))
+            .arg("--require-secure-transport=ON")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().map_err(|e| format!("cannot start mariadbd: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while server.sql("SELECT 1").is_err() || std::net::TcpStream::connect(("127.0.0.1", server.port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("mariadbd with TLS exited ({status}); log: {}", server.log_tail(10)));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("mariadbd with TLS did not come up; log: {}", server.log_tail(30)));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(server)
+    })
+    .await;
+    match started {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => panic!("could not start the TLS MariaDB server: {e}"),
+        Err(e) => panic!("setup task for the TLS MariaDB server failed: {e}"),
+    }
+}

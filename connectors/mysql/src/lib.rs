@@ -5,8 +5,10 @@ pub mod quote;
 pub mod sink;
 pub mod sink_sql;
 pub mod sink_types;
+pub mod tls;
 
 pub use sink::MysqlSink;
+pub use tls::{MysqlSslMode, MysqlTls};
 
 // MySQL/MariaDB binlog source.
 pub mod binlog_events;

@@ -56,6 +56,7 @@ use crate::errors::mysql_error;
 use crate::quote::quote_ident;
 use crate::sink_sql::{self as sql, ColumnDecl, Server, TableSql};
 use crate::sink_types::{self as types, Bind, TargetColumn};
+use crate::tls::MysqlTls;
 
 const MIGRATIONS: &[(&str, &str)] =
     &[("0001_bookkeeping", include_str!("../../../migrations/mysql/0001_bookkeeping.sql"))];
@@ -158,6 +159,7 @@ struct ServerFacts {
 
 pub struct MysqlSink {
     endpoint: MysqlEndpoint,
+    tls: MysqlTls,
     conn: Option<MySqlConnection>,
     /// The connection holding a large source transaction's open target transaction.
     open: Option<MySqlConnection>,
@@ -168,9 +170,24 @@ pub struct MysqlSink {
 }
 
 impl MysqlSink {
+    /// A sink connecting in plaintext; see [`MysqlSink::with_tls`].
     pub fn new(endpoint: MysqlEndpoint) -> Self {
         let bookkeeping = quote_ident(&endpoint.database);
-        MysqlSink { endpoint, conn: None, open: None, facts: None, bookkeeping, state: SinkState::default() }
+        MysqlSink {
+            endpoint,
+            tls: MysqlTls::disabled(),
+            conn: None,
+            open: None,
+            facts: None,
+            bookkeeping,
+            state: SinkState::default(),
+        }
+    }
+
+    /// Uses `tls` for every connection to the target.
+    pub fn with_tls(mut self, tls: MysqlTls) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The server flavour and version, once connected.
@@ -199,11 +216,20 @@ impl MysqlSink {
         if let Some(password) = &ep.password {
             options = options.password(password);
         }
+        let options = self.tls.apply_sqlx(options);
         let what = format!("connecting to the MySQL target {ep}");
         let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, options.connect())
             .await
             .map_err(|_| ConnectorError::transient(format!("{what}: timed out after {CONNECT_TIMEOUT:?}")))?
-            .map_err(|e| sqlx_error(&what, e))?;
+            .map_err(|e| match &e {
+                // A failed TLS negotiation (certificate, name, server without TLS) is not
+                // healed by retrying.
+                sqlx::Error::Tls(_) => ConnectorError::fatal(format!("{what}: {e}; {}", self.tls.hint())),
+                _ if crate::tls::find_rustls_error(&e).is_some() => {
+                    ConnectorError::fatal(format!("{what}: {e}; {}", self.tls.hint()))
+                }
+                _ => sqlx_error(&what, e),
+            })?;
         exec_raw(&mut conn, &format!("SET SESSION time_zone = '+00:00', SESSION sql_mode = '{SQL_MODE}'"))
             .await
             .map_err(|e| sqlx_error("setting the session's time zone and sql_mode", e))?;

@@ -58,6 +58,7 @@ use crate::sink::MysqlEndpoint;
 use crate::source_check::{check_settings, Grants, VARIABLES};
 use crate::source_conn::{binlog_head, col, connect, gtid_at, my_error, rows, server_info, Flavour, ServerInfo};
 use crate::source_ddl::parse_statement;
+use crate::tls::MysqlTls;
 
 /// The server sends a heartbeat after this long without events.
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -94,6 +95,7 @@ pub struct MysqlSourceConfig {
 
 pub struct MysqlSource {
     cfg: MysqlSourceConfig,
+    tls: MysqlTls,
     conn: Option<Conn>,
     info: Option<ServerInfo>,
     tables: Vec<CatalogTable>,
@@ -101,8 +103,15 @@ pub struct MysqlSource {
 }
 
 impl MysqlSource {
+    /// A source connecting in plaintext; see [`MysqlSource::with_tls`].
     pub fn new(cfg: MysqlSourceConfig) -> Self {
-        MysqlSource { cfg, conn: None, info: None, tables: Vec::new(), snapshot: None }
+        MysqlSource { cfg, tls: MysqlTls::disabled(), conn: None, info: None, tables: Vec::new(), snapshot: None }
+    }
+
+    /// Uses `tls` for every connection to the server, the binlog connection included.
+    pub fn with_tls(mut self, tls: MysqlTls) -> Self {
+        self.tls = tls;
+        self
     }
 
     fn key(&self) -> String {
@@ -111,7 +120,7 @@ impl MysqlSource {
 
     async fn conn(&mut self) -> Result<&mut Conn, ConnectorError> {
         if self.conn.is_none() {
-            self.conn = Some(connect(&self.cfg.endpoint, &self.cfg.source_name).await?);
+            self.conn = Some(connect(&self.cfg.endpoint, &self.tls, &self.cfg.source_name).await?);
         }
         self.conn.as_mut().ok_or_else(|| ConnectorError::transient("source connection unavailable"))
     }
@@ -238,7 +247,7 @@ impl Source for MysqlSource {
     async fn begin_snapshot(&mut self) -> Result<String, ConnectorError> {
         self.snapshot = None;
         let info = self.info().await?;
-        let mut conn = connect(&self.cfg.endpoint, &self.cfg.source_name).await?;
+        let mut conn = connect(&self.cfg.endpoint, &self.tls, &self.cfg.source_name).await?;
         let position = crate::snapshot::open(&mut conn, &info).await?;
         self.snapshot = Some(conn);
         tracing::info!(source = %self.cfg.source_name, position = %position, "snapshot opened");
@@ -247,7 +256,7 @@ impl Source for MysqlSource {
 
     async fn begin_backfill(&mut self) -> Result<(), ConnectorError> {
         self.snapshot = None;
-        let mut conn = connect(&self.cfg.endpoint, &self.cfg.source_name).await?;
+        let mut conn = connect(&self.cfg.endpoint, &self.tls, &self.cfg.source_name).await?;
         crate::snapshot::open_backfill(&mut conn).await?;
         self.snapshot = Some(conn);
         Ok(())
@@ -299,9 +308,9 @@ impl Source for MysqlSource {
         })?;
         let info = self.info().await?;
         let gtid_mode = info.flavour == Flavour::MariaDb && start.gtid.is_some();
-        let (stream, checksum_on) = open_stream(&self.cfg, &info, &start, gtid_mode).await?;
-        let catalog_conn = connect(&self.cfg.endpoint, &name).await?;
-        let poll_conn = connect(&self.cfg.endpoint, &name).await?;
+        let (stream, checksum_on) = open_stream(&self.cfg, &self.tls, &info, &start, gtid_mode).await?;
+        let catalog_conn = connect(&self.cfg.endpoint, &self.tls, &name).await?;
+        let poll_conn = connect(&self.cfg.endpoint, &self.tls, &name).await?;
         tracing::info!(source = %name, position = %start, by_gtid = gtid_mode, "binlog streaming started");
 
         let tables: HashMap<TableId, CatalogTable> = self.tables.iter().map(|t| (t.id.clone(), t.clone())).collect();
@@ -315,6 +324,7 @@ impl Source for MysqlSource {
             catalog: Catalog {
                 conn: catalog_conn,
                 endpoint: self.cfg.endpoint.clone(),
+                tls: self.tls.clone(),
                 source_name: name.clone(),
                 flavour: info.flavour,
                 tables,
@@ -346,12 +356,13 @@ impl Source for MysqlSource {
 /// whether events carry checksums.
 async fn open_stream(
     cfg: &MysqlSourceConfig,
+    tls: &MysqlTls,
     info: &ServerInfo,
     start: &BinlogPosition,
     gtid_mode: bool,
 ) -> Result<(BinlogStream, bool), ConnectorError> {
     let name = &cfg.source_name;
-    let mut conn = connect(&cfg.endpoint, name).await?;
+    let mut conn = connect(&cfg.endpoint, tls, name).await?;
     let what = format!("requesting the binlog of source {name} from {start}");
     let checksum: String = rows(&mut conn, "SELECT @@GLOBAL.binlog_checksum", &what)
         .await?
@@ -427,6 +438,7 @@ async fn poll_lag(
 struct Catalog {
     conn: Conn,
     endpoint: MysqlEndpoint,
+    tls: MysqlTls,
     source_name: String,
     flavour: Flavour,
     tables: HashMap<TableId, CatalogTable>,
@@ -443,7 +455,7 @@ impl Catalog {
             // The connection idles between schema changes and may have been closed
             // (wait_timeout): reconnect once.
             Err(e) if !e.is_fatal() => {
-                self.conn = connect(&self.endpoint, &self.source_name).await?;
+                self.conn = connect(&self.endpoint, &self.tls, &self.source_name).await?;
                 load_table(&mut self.conn, id, self.flavour).await?
             }
             Err(e) => return Err(e),

@@ -3,11 +3,12 @@
 use std::time::Duration;
 
 use mysql_async::prelude::{FromValue, Queryable};
-use mysql_async::{Conn, OptsBuilder, Row};
+use mysql_async::{Conn, OptsBuilder, Row, SslOpts};
 use tidewater_core::{ConnectorError, ErrorClass};
 
 use crate::errors::classify_mysql_error;
 use crate::sink::MysqlEndpoint;
+use crate::tls::{MysqlSslMode, MysqlTls};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -86,8 +87,40 @@ pub fn my_error(what: impl std::fmt::Display, e: mysql_async::Error) -> Connecto
 }
 
 /// Opens a TCP connection to the source (database `db`, none when empty) with UTF-8
-/// results, the UTC time zone and generous network timeouts.
-pub async fn connect(endpoint: &MysqlEndpoint, source_name: &str) -> Result<Conn, ConnectorError> {
+/// results, the UTC time zone and generous network timeouts, using TLS as `tls` says
+/// (`prefer`: TLS, or plaintext again when the server offers none).
+pub async fn connect(endpoint: &MysqlEndpoint, tls: &MysqlTls, source_name: &str) -> Result<Conn, ConnectorError> {
+    let what =
+        format_args!("connecting to source {source_name} at {}:{} as {}", endpoint.host, endpoint.port, endpoint.user)
+            .to_string();
+    let mut conn = match open(endpoint, tls.ssl_opts(), &what, tls).await {
+        Ok(c) => c,
+        Err(Fallback::Plaintext) => open(endpoint, None, &what, tls).await.map_err(|f| f.into_error(&what))?,
+        Err(Fallback::Failed(e)) => return Err(e),
+    };
+    conn.query_drop("SET NAMES utf8mb4, time_zone = '+00:00'")
+        .await
+        .map_err(|e| my_error(format_args!("setting up the connection to source {source_name}"), e))?;
+    Ok(conn)
+}
+
+enum Fallback {
+    /// `prefer` asked for TLS and the server offers none: connect again without.
+    Plaintext,
+    Failed(ConnectorError),
+}
+
+impl Fallback {
+    fn into_error(self, what: &str) -> ConnectorError {
+        match self {
+            Fallback::Failed(e) => e,
+            Fallback::Plaintext => ConnectorError::fatal(format!("{what}: TLS refused on a plaintext connection")),
+        }
+    }
+}
+
+async fn open(endpoint: &MysqlEndpoint, ssl: Option<SslOpts>, what: &str, tls: &MysqlTls) -> Result<Conn, Fallback> {
+    let with_tls = ssl.is_some();
     let opts = OptsBuilder::default()
         .ip_or_hostname(endpoint.host.clone())
         .tcp_port(endpoint.port)
@@ -96,19 +129,30 @@ pub async fn connect(endpoint: &MysqlEndpoint, source_name: &str) -> Result<Conn
         .db_name(Some(endpoint.database.clone()).filter(|d| !d.is_empty()))
         .prefer_socket(false)
         .tcp_keepalive(Some(Duration::from_secs(30)))
-        .stmt_cache_size(64);
-    let what =
-        format_args!("connecting to source {source_name} at {}:{} as {}", endpoint.host, endpoint.port, endpoint.user)
-            .to_string();
-    let mut conn = match tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(opts)).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return Err(my_error(&what, e)),
-        Err(_) => return Err(ConnectorError::transient(format!("{what}: no answer within {CONNECT_TIMEOUT:?}"))),
-    };
-    conn.query_drop("SET NAMES utf8mb4, time_zone = '+00:00'")
-        .await
-        .map_err(|e| my_error(format_args!("setting up the connection to source {source_name}"), e))?;
-    Ok(conn)
+        .stmt_cache_size(64)
+        .ssl_opts(ssl);
+    match tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(opts)).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer)))
+            if with_tls && tls.mode == MysqlSslMode::Prefer =>
+        {
+            Err(Fallback::Plaintext)
+        }
+        Ok(Err(mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer))) => {
+            Err(Fallback::Failed(ConnectorError::fatal(format!(
+                "{what}: the server does not offer TLS, which sslmode = \"{}\" requires: enable TLS on the server \
+                 (ssl_cert/ssl_key) or set sslmode = \"prefer\" or \"disable\"",
+                tls.mode
+            ))))
+        }
+        Ok(Err(e)) => Err(Fallback::Failed(match crate::tls::find_rustls_error(&e) {
+            Some(rustls_err) => ConnectorError::fatal(format!("{what}: {rustls_err}; {}", tls.hint())),
+            None => my_error(what, e),
+        })),
+        Err(_) => {
+            Err(Fallback::Failed(ConnectorError::transient(format!("{what}: no answer within {CONNECT_TIMEOUT:?}"))))
+        }
+    }
 }
 
 /// Reads column `i` of `row` as `T` (`what` names the query for messages).
