@@ -49,7 +49,8 @@ impl Running {
         let task = tokio::spawn(async move {
             let name = task_cfg.name.clone();
             let status_for_panic = task_status.clone();
-            // Every event a pipeline logs carries its name.
+            // Every event a pipeline logs carries its name (events about progress also carry
+            // the applied source position).
             let span = tracing::info_span!("pipeline", pipeline = %name);
             let run =
                 tracing::Instrument::instrument(engine::run_pipeline_with_grace(task_cfg, task_status, stop_rx), span);

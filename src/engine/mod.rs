@@ -96,7 +96,7 @@ pub async fn run_pipeline(
         let error = match result {
             Ok(()) => {
                 status.set_state(PipelineState::Stopped);
-                tracing::info!(pipeline = %cfg.name, "pipeline stopped");
+                tracing::info!(pipeline = %cfg.name, position = %applied_position(&status), "pipeline stopped");
                 return Outcome::Stopped;
             }
             Err(e) => e,
@@ -122,8 +122,13 @@ pub async fn run_pipeline(
     }
 }
 
+/// The source position applied so far, for log events (`-` before the first).
+fn applied_position(status: &PipelineStatus) -> String {
+    status.figures().applied_position.clone().unwrap_or_else(|| "-".into())
+}
+
 fn fail(cfg: &PipelineConfig, status: &PipelineStatus, message: String) -> Outcome {
-    tracing::error!(pipeline = %cfg.name, error = %message, "pipeline failed");
+    tracing::error!(pipeline = %cfg.name, position = %applied_position(status), error = %message, "pipeline failed");
     let mut f = status.figures();
     f.state = PipelineState::Failed;
     f.last_error = Some(message.clone());
@@ -150,7 +155,13 @@ async fn sleep_alive(status: &PipelineStatus, delay: Duration, shutdown: &mut wa
 fn note_retry(cfg: &PipelineConfig, status: &PipelineStatus, error: &ConnectorError, delay: Duration) {
     // Waiting to retry is deliberate, not wedged.
     status.touch();
-    tracing::warn!(pipeline = %cfg.name, error = %error, retry_in_ms = delay.as_millis() as u64, "transient error, retrying");
+    tracing::warn!(
+        pipeline = %cfg.name,
+        position = %applied_position(status),
+        error = %error,
+        retry_in_ms = delay.as_millis() as u64,
+        "transient error, retrying"
+    );
     let mut f = status.figures();
     f.state = PipelineState::Retrying;
     f.retries_total += 1;

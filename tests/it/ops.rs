@@ -194,6 +194,10 @@ async fn sighup_adds_and_removes_pipelines_and_keeps_running_on_a_bad_config() {
     })
     .await;
     assert!(status.success());
+    // Pipeline events carry the pipeline's name and the source position it has applied.
+    let log = std::fs::read_to_string(p.dir.path().join("daemon.log")).unwrap();
+    let stopped = log.lines().find(|l| l.contains("pipeline stopped")).unwrap_or_else(|| panic!("{log}"));
+    assert!(stopped.contains(&format!("pipeline={}", p.name)) && stopped.contains("position=0/"), "{stopped}");
 }
 
 /// Runs headless Chromium on `url`; returns the DOM after scripts ran for a few seconds.
