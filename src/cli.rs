@@ -332,18 +332,18 @@ fn selected<'a>(cfg: &'a Config, pipeline: Option<&str>) -> Result<Vec<&'a confi
     Ok(chosen)
 }
 
-/// Postgres endpoints of a pipeline's source and target, or a message why not.
+/// Postgres endpoints of a pipeline's source and target when both are Postgres.
 fn pg_pair(
     p: &config::PipelineConfig,
-) -> Result<(tidewater_postgres::PgEndpoint, tidewater_postgres::PgEndpoint), String> {
+) -> Result<Option<(tidewater_postgres::PgEndpoint, tidewater_postgres::PgEndpoint)>, String> {
     if p.source.kind != config::SourceKind::Postgres {
-        return Err("only postgres sources are supported by this build".into());
+        return Ok(None);
     }
+    let Some(target) = crate::connectors::target_pg_endpoint(p).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
     let source = crate::connectors::source_pg_endpoint(p).map_err(|e| e.to_string())?;
-    let target = crate::connectors::target_pg_endpoint(p)
-        .map_err(|e| e.to_string())?
-        .ok_or("only postgres targets are supported by this build")?;
-    Ok((source, target))
+    Ok(Some((source, target)))
 }
 
 async fn verify(path: &std::path::Path, pipeline: Option<&str>) -> ExitCode {
@@ -377,7 +377,9 @@ async fn verify(path: &std::path::Path, pipeline: Option<&str>) -> ExitCode {
 const VERIFY_CHUNK_ROWS: i64 = 100_000;
 
 async fn verify_pipeline(p: &config::PipelineConfig) -> Result<bool, String> {
-    let (source_ep, target_ep) = pg_pair(p)?;
+    let Some((source_ep, target_ep)) = pg_pair(p)? else {
+        return verify_with_scratch(p).await;
+    };
     let source = tidewater_postgres::conn::connect(&source_ep).await.map_err(|e| e.to_string())?;
     let target = tidewater_postgres::conn::connect(&target_ep).await.map_err(|e| e.to_string())?;
     let tables = tidewater_postgres::catalog::resolve_tables(&source, &p.source.tables, &p.source.name)
@@ -431,6 +433,47 @@ async fn verify_pipeline(p: &config::PipelineConfig) -> Result<bool, String> {
     Ok(all_match)
 }
 
+/// Any pair other than Postgres → Postgres: see [`crate::verify`].
+async fn verify_with_scratch(p: &config::PipelineConfig) -> Result<bool, String> {
+    let reports = crate::verify::verify_with_scratch(p).await.map_err(|e| e.to_string())?;
+    let mut all_match = true;
+    for report in reports {
+        match report {
+            Ok(r) if r.matches() => {
+                println!("[ok]   {}: {} -> {}: {} rows match", p.name, r.source, r.target, r.source_rows)
+            }
+            Ok(r) => {
+                all_match = false;
+                let c = &r.comparison;
+                println!(
+                    "[DIFF] {}: {} -> {}: source {} rows, target {} rows; {} missing in the target, {} only in the \
+                     target, {} with different values, {} the target cannot store",
+                    p.name,
+                    r.source,
+                    r.target,
+                    r.source_rows,
+                    c.target_rows,
+                    c.missing,
+                    c.extra,
+                    c.differing,
+                    r.unstorable.len()
+                );
+                for (kind, key) in &c.examples {
+                    println!("       key ({}): {}", key.join(", "), kind.as_str());
+                }
+                for (key, error) in r.unstorable.iter().take(crate::verify::EXAMPLES) {
+                    println!("       key ({}): the target cannot store the source row: {error}", key.join(", "));
+                }
+            }
+            Err((plan, e)) => {
+                all_match = false;
+                println!("[FAIL] {}: {} -> {}: {e}", p.name, plan.source.id, plan.target);
+            }
+        }
+    }
+    Ok(all_match)
+}
+
 async fn dlq_replay(path: &std::path::Path, pipeline: Option<&str>, id: Option<i64>) -> ExitCode {
     let cfg = match load_config(path) {
         Ok(c) => c,
@@ -442,15 +485,7 @@ async fn dlq_replay(path: &std::path::Path, pipeline: Option<&str>, id: Option<i
     };
     let mut failed = false;
     for p in pipelines {
-        let (source, target) = match pg_pair(p) {
-            Ok(pair) => pair,
-            Err(e) => {
-                eprintln!("pipeline {}: {e}", p.name);
-                failed = true;
-                continue;
-            }
-        };
-        match tidewater_postgres::dlq::replay(&source, &target, &p.name, id).await {
+        match crate::replay::replay(p, id).await {
             Ok(results) => {
                 println!("pipeline {}: {} dead letters to replay", p.name, results.len());
                 for r in results {

@@ -8,9 +8,11 @@ pub mod cli;
 pub mod config;
 pub mod connectors;
 pub mod engine;
+pub mod replay;
 pub mod status;
 pub mod systemd;
 pub mod telemetry;
+pub mod verify;
 
 use std::process::ExitCode;
 use std::sync::Arc;

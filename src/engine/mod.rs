@@ -169,7 +169,7 @@ fn note_retry(cfg: &PipelineConfig, status: &PipelineStatus, error: &ConnectorEr
 }
 
 /// Table plans: each source table and the target table it is written to.
-fn plans(
+pub(crate) fn plans(
     cfg: &PipelineConfig,
     schemas: Vec<Arc<tidewater_core::TableSchema>>,
 ) -> (Vec<TablePlan>, HashMap<TableId, TableId>) {

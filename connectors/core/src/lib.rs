@@ -6,6 +6,7 @@
 //! delivery contracts.
 
 pub mod batch;
+pub mod compare;
 pub mod error;
 pub mod event;
 pub mod schema;
@@ -16,7 +17,8 @@ pub use error::{ConnectorError, ErrorClass};
 pub use event::{ChangeEvent, Checkpoint, Op, Transaction};
 pub use schema::{Column, ColumnType, Engine, TableId, TableSchema};
 pub use traits::{
-    ApplyBatch, ApplyReport, DeadLetter, DeadLetterRecord, MovedRow, RowKind, RowOrigin, Sink, SnapshotChunk, Source,
-    SourceItem, SourceProgress, StreamHandle, TableChanges, TablePlan, TransactionPart, ROW_KINDS_IN_ORDER,
+    scratch_name, ApplyBatch, ApplyReport, Comparison, DeadLetter, DeadLetterRecord, Difference, MovedRow, RowKind,
+    RowOrigin, Sink, SnapshotChunk, Source, SourceItem, SourceProgress, StreamHandle, TableChanges, TablePlan,
+    TransactionPart, ROW_KINDS_IN_ORDER,
 };
 pub use value::Value;

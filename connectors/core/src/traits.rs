@@ -106,6 +106,15 @@ pub trait Source: Send {
         acks: tokio::sync::watch::Receiver<Option<String>>,
         progress: Arc<SourceProgress>,
     ) -> Result<StreamHandle, ConnectorError>;
+
+    /// Resolves the configured tables like [`Source::prepare`] but changes nothing on the
+    /// server and checks no replication settings (for `verify` and `dlq replay`). A table
+    /// is then read with [`Source::begin_backfill`] and [`Source::snapshot_table`].
+    async fn describe(&mut self) -> Result<Vec<Arc<TableSchema>>, ConnectorError>;
+
+    /// The current row of `table` whose key columns hold `key` (in [`TableSchema::key`]
+    /// order), full-width in the schema's column order; `None` when there is none.
+    async fn fetch_row(&mut self, table: &TableSchema, key: &[Value]) -> Result<Option<Vec<Value>>, ConnectorError>;
 }
 
 /// A chunk of rows read from a table in the initial snapshot.
@@ -368,4 +377,95 @@ pub trait Sink: Send {
     /// row it can and records each row the target rejects (for a reason tied to that
     /// row) as a dead letter, all in one target transaction with the checkpoint.
     async fn apply_isolating(&mut self, batch: &ApplyBatch) -> Result<ApplyReport, ConnectorError>;
+
+    /// Applies `changes` in one target transaction of its own without touching any
+    /// checkpoint (used by `dlq replay` and to fill `verify`'s scratch tables). With
+    /// `replayed`, that dead letter is marked `replayed_at` in the same transaction. On
+    /// error nothing is committed; an `Event` error means the target rejected a row.
+    async fn apply_changes(&mut self, changes: &TableChanges, replayed: Option<i64>) -> Result<u64, ConnectorError>;
+
+    /// Records on dead letter `id` why its replay failed; the dead letter stays pending.
+    async fn note_replay_failure(&mut self, id: i64, error: &str) -> Result<(), ConnectorError>;
+
+    /// Creates an empty scratch table with `target`'s columns and `schema`'s key (none of
+    /// its other constraints), replacing a leftover one, and returns its id. `verify`
+    /// fills it with the source's rows through [`Sink::apply_changes`] (so they are
+    /// stored exactly as replication would store them) and compares it with
+    /// [`Sink::compare_scratch`].
+    async fn create_scratch(&mut self, schema: &TableSchema, target: &TableId) -> Result<TableId, ConnectorError>;
+
+    /// Compares `schema`'s columns of `scratch` (the source's rows) with `target`, row by
+    /// key; reports counts and up to `examples` keys of each kind of difference.
+    async fn compare_scratch(
+        &mut self,
+        schema: &TableSchema,
+        target: &TableId,
+        scratch: &TableId,
+        examples: usize,
+    ) -> Result<Comparison, ConnectorError>;
+
+    /// Drops a scratch table made by [`Sink::create_scratch`] (no error when it is gone).
+    async fn drop_scratch(&mut self, scratch: &TableId) -> Result<(), ConnectorError>;
+}
+
+/// How a target table differs from the source rows loaded into a scratch table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Comparison {
+    /// Rows of the target table.
+    pub target_rows: u64,
+    /// Source rows whose key the target lacks.
+    pub missing: u64,
+    /// Target rows whose key the source lacks.
+    pub extra: u64,
+    /// Rows present on both sides with different values.
+    pub differing: u64,
+    /// Up to the requested number of keys per kind: (kind, key columns as text).
+    pub examples: Vec<(Difference, Vec<String>)>,
+}
+
+impl Comparison {
+    pub fn matches(&self) -> bool {
+        self.missing == 0 && self.extra == 0 && self.differing == 0
+    }
+}
+
+/// A kind of row difference found by `verify`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Difference {
+    Missing,
+    Extra,
+    Differing,
+}
+
+impl Difference {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Difference::Missing => "missing in the target",
+            Difference::Extra => "only in the target",
+            Difference::Differing => "values differ",
+        }
+    }
+
+    /// Parses the tag the sinks' comparison queries return.
+    pub fn from_tag(tag: &str) -> Option<Self> {
+        match tag {
+            "m" => Some(Difference::Missing),
+            "e" => Some(Difference::Extra),
+            "d" => Some(Difference::Differing),
+            _ => None,
+        }
+    }
+}
+
+/// The name of `verify`'s scratch table for `target`: `tidewater_verify_` and a hash of
+/// the target's name, so it fits every engine's identifier length and never collides with
+/// a table tidewater replicates.
+pub fn scratch_name(target: &TableId) -> String {
+    // FNV-1a: stable across builds and platforms (std's hasher is not).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in target.schema.bytes().chain([0]).chain(target.name.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("tidewater_verify_{h:016x}")
 }

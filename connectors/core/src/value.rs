@@ -94,6 +94,55 @@ impl Value {
         }
     }
 
+    /// Reads back a value written by [`Value::to_json`] for a column of `kind` (dead-letter
+    /// payloads name the rows `dlq replay` looks up).
+    pub fn from_json(kind: &crate::ColumnType, json: &serde_json::Value) -> Result<Value, String> {
+        use crate::ColumnType as K;
+        use serde_json::Value as J;
+        let text = || match json {
+            J::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let bad = || format!("{json} is not a valid {kind:?} value");
+        Ok(match (kind, json) {
+            (_, J::Null) => Value::Null,
+            (K::Bool, J::Bool(b)) => Value::Bool(*b),
+            (K::Bool, J::String(s)) => Value::Bool(matches!(s.as_str(), "t" | "true" | "1")),
+            (K::Int16 | K::Int32 | K::Int64, _) => Value::Int(text().parse().map_err(|_| bad())?),
+            (K::UInt64, _) => Value::UInt(text().parse().map_err(|_| bad())?),
+            (K::Float32 | K::Float64, J::Number(n)) => Value::Float(n.as_f64().ok_or_else(bad)?),
+            (K::Float32 | K::Float64, J::String(s)) => Value::Float(match s.as_str() {
+                "Infinity" => f64::INFINITY,
+                "-Infinity" => f64::NEG_INFINITY,
+                other => other.parse().map_err(|_| bad())?,
+            }),
+            (K::Numeric { .. }, _) => Value::Decimal(text()),
+            (K::Bytes, J::String(s)) => {
+                let hex = s.strip_prefix("\\x").ok_or_else(bad)?;
+                if hex.len() % 2 != 0 {
+                    return Err(bad());
+                }
+                let bytes = (0..hex.len())
+                    .step_by(2)
+                    .map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+                    .collect::<Option<Vec<u8>>>()
+                    .ok_or_else(bad)?;
+                Value::Bytes(bytes)
+            }
+            (K::Json | K::Jsonb, other) => Value::Json(other.to_string()),
+            (K::Uuid, _) => Value::Uuid(text()),
+            (K::Date, _) => Value::Date(text()),
+            (K::Time, _) => Value::Time(text()),
+            (K::TimeTz, _) => Value::TimeTz(text()),
+            (K::Timestamp, _) => Value::Timestamp(text()),
+            (K::TimestampTz, _) => Value::TimestampTz(text()),
+            (K::Interval, _) => Value::Interval(text()),
+            (K::Text | K::Varchar(_) | K::Char(_) | K::Enum, _) => Value::Text(text()),
+            (K::Array | K::Other, _) => Value::Other(text()),
+            _ => return Err(bad()),
+        })
+    }
+
     /// Appends a type-tagged, unambiguous encoding used to compare keys (floats compare by
     /// bits, so `NaN` keys coalesce with themselves).
     pub fn encode_key(&self, out: &mut Vec<u8>) {
@@ -168,6 +217,30 @@ mod tests {
     #[test]
     fn bytes_render_as_hex_bytea() {
         assert_eq!(Value::Bytes(vec![0, 255, 16]).to_pg_text().as_deref(), Some("\\x00ff10"));
+    }
+
+    #[test]
+    fn json_payload_values_read_back() {
+        use crate::ColumnType as K;
+        let cases = [
+            (K::Int64, Value::Int(-7)),
+            (K::UInt64, Value::UInt(u64::MAX)),
+            (K::Text, Value::Text("a'b".into())),
+            (K::Bytes, Value::Bytes(vec![0, 255])),
+            (K::Float64, Value::Float(f64::INFINITY)),
+            (K::Float64, Value::Float(1.5)),
+            (K::Numeric { precision: None, scale: None }, Value::Decimal("12.50".into())),
+            (K::Uuid, Value::Uuid("0e37d3a4-7b0f-4f5e-9d2a-1c3b5a7e9f11".into())),
+            (K::Bool, Value::Bool(true)),
+            (K::Date, Value::Date("2024-02-29".into())),
+            (K::Jsonb, Value::Json("{\"a\":1}".into())),
+            (K::Int32, Value::Null),
+        ];
+        for (kind, value) in cases {
+            assert_eq!(Value::from_json(&kind, &value.to_json()), Ok(value.clone()), "{kind:?}");
+        }
+        assert!(Value::from_json(&K::Int64, &serde_json::json!("x")).is_err());
+        assert!(Value::from_json(&K::Bytes, &serde_json::json!("\\x0")).is_err());
     }
 
     #[test]

@@ -38,6 +38,8 @@
 //! (`STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_BACKSLASH_ESCAPES,...`), so an out-of-range
 //! or too long value is an error (a dead letter), never a silent truncation.
 
+mod scratch;
+
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
@@ -578,6 +580,33 @@ impl Sink for MysqlSink {
                 self.conn = Some(conn);
             }
         }
+    }
+
+    // verify / dlq replay: see sink/scratch.rs
+    async fn apply_changes(&mut self, changes: &TableChanges, replayed: Option<i64>) -> Result<u64, ConnectorError> {
+        self.apply_changes_now(changes, replayed).await
+    }
+
+    async fn note_replay_failure(&mut self, id: i64, error: &str) -> Result<(), ConnectorError> {
+        self.note_failure(id, error).await
+    }
+
+    async fn create_scratch(&mut self, schema: &TableSchema, target: &TableId) -> Result<TableId, ConnectorError> {
+        self.scratch_copy(schema, target).await
+    }
+
+    async fn compare_scratch(
+        &mut self,
+        schema: &TableSchema,
+        target: &TableId,
+        scratch: &TableId,
+        examples: usize,
+    ) -> Result<tidewater_core::Comparison, ConnectorError> {
+        self.compare(schema, target, scratch, examples).await
+    }
+
+    async fn drop_scratch(&mut self, scratch: &TableId) -> Result<(), ConnectorError> {
+        self.drop_scratch_table(scratch).await
     }
 }
 

@@ -153,18 +153,7 @@ pub async fn read_table(
     let chunk_rows = chunk_rows.max(1);
     let mut rows = Vec::with_capacity(chunk_rows);
     while let Some(row) = result.next().await.map_err(|e| my_error(&what, e))? {
-        let raw = row.unwrap_raw();
-        if raw.len() != kinds.len() {
-            return Err(ConnectorError::fatal(format!("{what}: {} values for {} columns", raw.len(), kinds.len())));
-        }
-        let mut values = Vec::with_capacity(kinds.len());
-        for ((v, kind), column) in raw.into_iter().zip(kinds).zip(&table.columns) {
-            let v = v.unwrap_or(mysql_async::Value::NULL);
-            values.push(from_protocol(kind, v).map_err(|e| {
-                ConnectorError::fatal(format!("snapshot of {}: column {}: {e}", table.id, column.name))
-            })?);
-        }
-        rows.push(values);
+        rows.push(decode_row(row, table, kinds, &what)?);
         if rows.len() >= chunk_rows {
             let full: Vec<Vec<Value>> = std::mem::replace(&mut rows, Vec::with_capacity(chunk_rows));
             send(out, table, full).await?;
@@ -174,6 +163,57 @@ pub async fn read_table(
         send(out, table, rows).await?;
     }
     Ok(())
+}
+
+/// One result row of `SELECT <table's columns>` as core values.
+fn decode_row(
+    row: mysql_async::Row,
+    table: &TableSchema,
+    kinds: &[ValueKind],
+    what: &str,
+) -> Result<Vec<Value>, ConnectorError> {
+    let raw = row.unwrap_raw();
+    if raw.len() != kinds.len() {
+        return Err(ConnectorError::fatal(format!("{what}: {} values for {} columns", raw.len(), kinds.len())));
+    }
+    raw.into_iter()
+        .zip(kinds)
+        .zip(&table.columns)
+        .map(|((v, kind), column)| {
+            from_protocol(kind, v.unwrap_or(mysql_async::Value::NULL))
+                .map_err(|e| ConnectorError::fatal(format!("{what}: column {}: {e}", column.name)))
+        })
+        .collect()
+}
+
+/// The current row of `table` whose key columns equal `key`, if any.
+pub async fn read_row(
+    conn: &mut Conn,
+    table: &TableSchema,
+    kinds: &[ValueKind],
+    key: &[Value],
+) -> Result<Option<Vec<Value>>, ConnectorError> {
+    let columns = table.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
+    let matches = table.key.iter().map(|&i| format!("{} = ?", quote_ident(&table.columns[i].name))).collect::<Vec<_>>();
+    let sql = format!("SELECT {columns} FROM {} WHERE {}", quote_table(&table.id), matches.join(" AND "));
+    let params: Vec<mysql_async::Value> = key.iter().map(key_param).collect();
+    let what = format!("reading the current row of {}", table.id);
+    let row: Option<mysql_async::Row> = conn.exec_first(sql.as_str(), params).await.map_err(|e| my_error(&what, e))?;
+    row.map(|row| decode_row(row, table, kinds, &what)).transpose()
+}
+
+/// A key value as a statement parameter (the server converts text to the column's type).
+fn key_param(value: &Value) -> mysql_async::Value {
+    use mysql_async::Value as M;
+    match value {
+        Value::Null | Value::Unchanged => M::NULL,
+        Value::Bool(b) => M::Int(i64::from(*b)),
+        Value::Int(i) => M::Int(*i),
+        Value::UInt(u) => M::UInt(*u),
+        Value::Float(f) => M::Double(*f),
+        Value::Bytes(b) => M::Bytes(b.clone()),
+        other => M::Bytes(other.to_pg_text().unwrap_or_default().into_bytes()),
+    }
 }
 
 async fn send(

@@ -214,6 +214,20 @@ impl MysqlSource {
         Ok(BinlogPosition::new(file, pos, gtid))
     }
 
+    /// How to decode each of `table`'s columns, from the catalog.
+    fn value_kinds(&self, table: &TableSchema) -> Result<Vec<ValueKind>, ConnectorError> {
+        let catalog = self.catalog_table(&table.id)?;
+        table
+            .columns
+            .iter()
+            .map(|c| {
+                catalog.column(&c.name).map(|cc| cc.kind.clone()).ok_or_else(|| {
+                    ConnectorError::fatal(format!("column {} of {} is not in the source catalog", c.name, table.id))
+                })
+            })
+            .collect()
+    }
+
     fn catalog_table(&self, id: &TableId) -> Result<&CatalogTable, ConnectorError> {
         self.tables.iter().find(|t| t.id == *id).ok_or_else(|| {
             ConnectorError::fatal(format!("table {id} was not prepared by source {}", self.cfg.source_name))
@@ -228,6 +242,11 @@ impl Source for MysqlSource {
         tracing::info!(source = %self.cfg.source_name, version = %info.version_text, "connected to the source");
         self.check_server(&info).await?;
         self.check_grants(&info).await?;
+        self.describe().await
+    }
+
+    async fn describe(&mut self) -> Result<Vec<Arc<TableSchema>>, ConnectorError> {
+        let info = self.info().await?;
         let (name, default_db, patterns) =
             (self.cfg.source_name.clone(), self.cfg.endpoint.database.clone(), self.cfg.tables.clone());
         let conn = self.conn().await?;
@@ -238,6 +257,12 @@ impl Source for MysqlSource {
         }
         self.tables = tables;
         Ok(self.tables.iter().map(|t| t.schema.clone()).collect())
+    }
+
+    async fn fetch_row(&mut self, table: &TableSchema, key: &[Value]) -> Result<Option<Vec<Value>>, ConnectorError> {
+        let kinds = self.value_kinds(table)?;
+        let conn = self.conn().await?;
+        crate::snapshot::read_row(conn, table, &kinds, key).await
     }
 
     async fn begin_without_snapshot(&mut self) -> Result<String, ConnectorError> {
@@ -268,16 +293,7 @@ impl Source for MysqlSource {
         chunk_rows: usize,
         out: &mpsc::Sender<SnapshotChunk>,
     ) -> Result<(), ConnectorError> {
-        let catalog = self.catalog_table(&table.id)?;
-        let kinds: Vec<ValueKind> = table
-            .columns
-            .iter()
-            .map(|c| {
-                catalog.column(&c.name).map(|cc| cc.kind.clone()).ok_or_else(|| {
-                    ConnectorError::fatal(format!("column {} of {} is not in the source catalog", c.name, table.id))
-                })
-            })
-            .collect::<Result<_, _>>()?;
+        let kinds = self.value_kinds(table)?;
         let conn = self
             .snapshot
             .as_mut()

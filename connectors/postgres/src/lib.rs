@@ -4,7 +4,6 @@
 pub mod catalog;
 pub mod check;
 pub mod conn;
-pub mod dlq;
 pub mod pgoutput;
 pub mod replication;
 pub mod sink;

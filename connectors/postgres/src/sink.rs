@@ -304,6 +304,110 @@ impl Sink for PgSink {
             }
         }
     }
+
+    async fn apply_changes(&mut self, changes: &TableChanges, replayed: Option<i64>) -> Result<u64, ConnectorError> {
+        let mut client = self.take_client().await?;
+        let result = async {
+            let tx = client.transaction().await.map_err(|e| pg_error("starting a target transaction", e))?;
+            let rows = apply_table(&tx, &mut self.state, changes).await?;
+            if let Some(id) = replayed {
+                tx.execute("UPDATE public.tidewater_dead_letters SET replayed_at = now() WHERE id = $1", &[&id])
+                    .await
+                    .map_err(|e| pg_error("marking the dead letter replayed", e))?;
+            }
+            tx.commit().await.map_err(|e| pg_error("committing", e))?;
+            Ok(rows)
+        }
+        .await;
+        self.put_back(client, result)
+    }
+
+    async fn note_replay_failure(&mut self, id: i64, error: &str) -> Result<(), ConnectorError> {
+        let client = self.take_client().await?;
+        let result = client
+            .execute("UPDATE public.tidewater_dead_letters SET error = $2 WHERE id = $1", &[&id, &error])
+            .await
+            .map(drop)
+            .map_err(|e| pg_error("recording the replay failure", e));
+        self.put_back(client, result)
+    }
+
+    async fn create_scratch(&mut self, schema: &TableSchema, target: &TableId) -> Result<TableId, ConnectorError> {
+        let scratch = TableId::new(target.schema.clone(), tidewater_core::scratch_name(target));
+        self.drop_scratch(&scratch).await?;
+        let key = schema.key.iter().map(|&i| quote_ident(&schema.columns[i].name)).collect::<Vec<_>>();
+        // LIKE copies columns, types and NOT NULL only: no CHECK, foreign key or other
+        // constraint of the target rejects a source row here.
+        let sql = format!(
+            "CREATE UNLOGGED TABLE {s} (LIKE {t}); ALTER TABLE {s} ADD PRIMARY KEY ({k})",
+            s = quote_table(&scratch),
+            t = quote_table(target),
+            k = key.join(", ")
+        );
+        let client = self.take_client().await?;
+        let result = client
+            .batch_execute(&sql)
+            .await
+            .map(|()| scratch)
+            .map_err(|e| pg_error(format_args!("creating a scratch copy of {target}"), e));
+        self.put_back(client, result)
+    }
+
+    async fn compare_scratch(
+        &mut self,
+        schema: &TableSchema,
+        target: &TableId,
+        scratch: &TableId,
+        examples: usize,
+    ) -> Result<tidewater_core::Comparison, ConnectorError> {
+        let client = self.take_client().await?;
+        let result = compare_tables(&client, schema, target, scratch, examples).await;
+        self.put_back(client, result)
+    }
+
+    async fn drop_scratch(&mut self, scratch: &TableId) -> Result<(), ConnectorError> {
+        self.state.targets.remove(scratch);
+        self.state.reconciled.remove(scratch);
+        let client = self.take_client().await?;
+        let result = client
+            .batch_execute(&format!("DROP TABLE IF EXISTS {}", quote_table(scratch)))
+            .await
+            .map_err(|e| pg_error(format_args!("dropping scratch table {scratch}"), e));
+        self.put_back(client, result)
+    }
+}
+
+/// `verify`'s comparison in Postgres' dialect: values compared by their text form (both
+/// tables have the same column types, so equal values print equally; some types, json
+/// for one, have no equality operator).
+const COMPARE: tidewater_core::compare::CompareDialect = tidewater_core::compare::CompareDialect {
+    quote_ident,
+    differs: |a, b| format!("{a}::text IS DISTINCT FROM {b}::text"),
+    count_if: |c| format!("count(*) FILTER (WHERE {c})"),
+    key_json: |cols| {
+        format!("json_build_array({})::text", cols.iter().map(|c| format!("{c}::text")).collect::<Vec<_>>().join(", "))
+    },
+    limited: |sql, n| format!("({sql} LIMIT {n})"),
+};
+
+async fn compare_tables(
+    client: &Client,
+    schema: &TableSchema,
+    target: &TableId,
+    scratch: &TableId,
+    examples: usize,
+) -> Result<tidewater_core::Comparison, ConnectorError> {
+    let sql =
+        tidewater_core::compare::compare_sql(&COMPARE, schema, &quote_table(scratch), &quote_table(target), examples);
+    let what = format!("comparing {target} with the source's rows");
+    let r = client.query_one(&sql.counts, &[]).await.map_err(|e| pg_error(&what, e))?;
+    let mut comparison = tidewater_core::Comparison::from_counts(r.get(0), r.get(1), r.get(2), r.get(3));
+    if !comparison.matches() {
+        for r in client.query(&sql.examples, &[]).await.map_err(|e| pg_error(&what, e))? {
+            comparison.add_example(r.get(0), r.get(1));
+        }
+    }
+    Ok(comparison)
 }
 
 /// One part of a large source transaction, inside the open target transaction. The part

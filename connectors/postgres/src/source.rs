@@ -293,13 +293,58 @@ impl Source for PgSource {
                 quote_ident(&self.cfg.endpoint.user)
             )));
         }
-        self.tables = resolve_tables(&client, &self.cfg.tables, &name).await?;
+        let schemas = self.describe().await?;
+        self.ensure_publication().await?;
+        Ok(schemas)
+    }
+
+    async fn describe(&mut self) -> Result<Vec<Arc<TableSchema>>, ConnectorError> {
+        let client = self.client().await?;
+        self.tables = resolve_tables(&client, &self.cfg.tables, &self.cfg.source_name).await?;
         let mut schemas = Vec::with_capacity(self.tables.len());
         for (id, relid) in &self.tables {
             schemas.push(table_schema(&client, id, *relid, None).await?);
         }
-        self.ensure_publication().await?;
         Ok(schemas)
+    }
+
+    async fn fetch_row(&mut self, table: &TableSchema, key: &[Value]) -> Result<Option<Vec<Value>>, ConnectorError> {
+        let client = self.client().await?;
+        let casts = crate::catalog::cast_types(&client, &table.id).await?;
+        let select = table.columns.iter().map(|c| format!("{}::text", quote_ident(&c.name))).collect::<Vec<_>>();
+        let matches = table
+            .key
+            .iter()
+            .enumerate()
+            .map(|(n, &i)| {
+                let c = &table.columns[i].name;
+                let cast = casts.get(c).map_or("text", String::as_str);
+                format!("{} = ${}::text::{cast}", quote_ident(c), n + 1)
+            })
+            .collect::<Vec<_>>();
+        let sql =
+            format!("SELECT {} FROM {} WHERE {}", select.join(", "), quote_table(&table.id), matches.join(" AND "));
+        let texts: Vec<Option<String>> = key.iter().map(Value::to_pg_text).collect();
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            texts.iter().map(|t| t as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+        let Some(row) = client
+            .query_opt(&sql, &params)
+            .await
+            .map_err(|e| pg_error(format_args!("reading the current row of {}", table.id), e))?
+        else {
+            return Ok(None);
+        };
+        table
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, column)| match row.get::<_, Option<&str>>(i) {
+                None => Ok(Value::Null),
+                Some(text) => decode_text(&column.kind, text.as_bytes())
+                    .map_err(|e| ConnectorError::fatal(format!("{}.{}: {e}", table.id, column.name))),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
     }
 
     async fn begin_without_snapshot(&mut self) -> Result<String, ConnectorError> {

@@ -44,6 +44,8 @@
 //! (`foreign_keys = OFF`): the source already enforced them, and a batch applies tables
 //! in segment order, not in the source's statement order.
 
+mod scratch;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -466,6 +468,33 @@ impl Sink for SqliteSink {
             }
         }
         self.tables.clear();
+    }
+
+    // verify / dlq replay: see sink/scratch.rs
+    async fn apply_changes(&mut self, changes: &TableChanges, replayed: Option<i64>) -> Result<u64, ConnectorError> {
+        self.apply_changes_now(changes, replayed).await
+    }
+
+    async fn note_replay_failure(&mut self, id: i64, error: &str) -> Result<(), ConnectorError> {
+        self.note_failure(id, error).await
+    }
+
+    async fn create_scratch(&mut self, schema: &TableSchema, target: &TableId) -> Result<TableId, ConnectorError> {
+        self.scratch_copy(schema, target).await
+    }
+
+    async fn compare_scratch(
+        &mut self,
+        schema: &TableSchema,
+        target: &TableId,
+        scratch: &TableId,
+        examples: usize,
+    ) -> Result<tidewater_core::Comparison, ConnectorError> {
+        self.compare(schema, target, scratch, examples).await
+    }
+
+    async fn drop_scratch(&mut self, scratch: &TableId) -> Result<(), ConnectorError> {
+        self.drop_scratch_table(scratch).await
     }
 }
 
