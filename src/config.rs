@@ -18,6 +18,9 @@ pub const DEFAULT_MAX_BATCH_EVENTS: usize = 20_000;
 pub const DEFAULT_MAX_BATCH_DELAY_MS: u64 = 50;
 pub const DEFAULT_RETRY_INITIAL_MS: u64 = 200;
 pub const DEFAULT_RETRY_MAX_MS: u64 = 30_000;
+/// An error no classification table knows is retried this many times in a row (a few
+/// minutes with the default backoff), then the pipeline fails showing it.
+pub const DEFAULT_UNKNOWN_MAX_ATTEMPTS: u32 = 10;
 pub const DEFAULT_SNAPSHOT_CHUNK_ROWS: usize = 10_000;
 
 /// A configuration problem: which key, what is wrong, how to fix it.
@@ -152,6 +155,9 @@ pub struct RawRetry {
     pub max_ms: Option<u64>,
     /// 0 or absent: retry forever.
     pub max_attempts: Option<u32>,
+    /// Failures in a row with an error code in no classification table before the
+    /// pipeline fails; 0 = retry them forever like transient errors.
+    pub unknown_max_attempts: Option<u32>,
 }
 
 // ---------------------------------------------------------------- validated config
@@ -248,6 +254,8 @@ pub struct RetryPolicy {
     pub max_ms: u64,
     /// `None`: forever.
     pub max_attempts: Option<u32>,
+    /// Unclassified errors in a row before failing; `None`: forever.
+    pub unknown_max_attempts: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -513,6 +521,11 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
             initial_ms: p.retry.initial_ms.unwrap_or(DEFAULT_RETRY_INITIAL_MS).max(1),
             max_ms: p.retry.max_ms.unwrap_or(DEFAULT_RETRY_MAX_MS),
             max_attempts: p.retry.max_attempts.filter(|&n| n > 0),
+            unknown_max_attempts: match p.retry.unknown_max_attempts {
+                None => Some(DEFAULT_UNKNOWN_MAX_ATTEMPTS),
+                Some(0) => None,
+                Some(n) => Some(n),
+            },
         };
         if retry.max_ms < retry.initial_ms {
             errors.push(err(format!("{key}.retry.max_ms"), "must be at least retry.initial_ms"));
@@ -748,6 +761,7 @@ target = "wh"
         assert_eq!(p.source.endpoint.database, "app");
         assert_eq!(p.target.endpoint.as_ref().unwrap().port, 5433);
         assert_eq!(p.retry.max_attempts, None);
+        assert_eq!(p.retry.unknown_max_attempts, Some(DEFAULT_UNKNOWN_MAX_ATTEMPTS));
         assert_eq!(c.status_listen.to_string(), "127.0.0.1:8790");
     }
 

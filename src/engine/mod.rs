@@ -57,6 +57,29 @@ pub fn backoff(policy: &RetryPolicy) -> impl Iterator<Item = Duration> {
     builder.build()
 }
 
+/// Counts failures in a row whose error code no classification table knows; past
+/// `retry.unknown_max_attempts` they are treated as fatal.
+#[derive(Debug, Default)]
+struct UnknownStreak(u32);
+
+impl UnknownStreak {
+    /// Records `error`; returns the message to fail with once the limit is passed.
+    fn give_up(&mut self, policy: &RetryPolicy, error: &ConnectorError) -> Option<String> {
+        if !error.unclassified {
+            self.0 = 0;
+            return None;
+        }
+        self.0 += 1;
+        let limit = policy.unknown_max_attempts?;
+        (self.0 > limit).then(|| {
+            format!(
+                "{error} (an error tidewater does not know how to classify, still failing after {limit} retries: \
+                 fix its cause and restart, or set [pipelines.retry] unknown_max_attempts = 0 to retry it forever)"
+            )
+        })
+    }
+}
+
 /// [`run_pipeline`], but once shutdown is signalled the pipeline gets
 /// [`crate::SHUTDOWN_GRACE`] to finish its in-flight batch; after that it is dropped,
 /// which rolls back anything uncommitted (the target's checkpoint keeps it consistent).
@@ -89,6 +112,7 @@ pub async fn run_pipeline(
     mut shutdown: watch::Receiver<bool>,
 ) -> Outcome {
     let mut delays = backoff(&cfg.retry);
+    let mut unknown = UnknownStreak::default();
     loop {
         let started = Instant::now();
         let applied_before = status.figures().transactions_applied_total;
@@ -110,6 +134,10 @@ pub async fn run_pipeline(
         // A run that made progress resets the backoff: the next failure is a new incident.
         if status.figures().transactions_applied_total > applied_before || started.elapsed() > Duration::from_secs(60) {
             delays = backoff(&cfg.retry);
+            unknown = UnknownStreak::default();
+        }
+        if let Some(message) = unknown.give_up(&cfg.retry, &error) {
+            return fail(&cfg, &status, message);
         }
         let Some(delay) = delays.next() else {
             return fail(&cfg, &status, format!("giving up after retry.max_attempts: {error}"));
@@ -563,6 +591,7 @@ async fn apply_with_retry(
     batch: &ApplyBatch,
 ) -> Result<Option<(ApplyReport, f64)>, ConnectorError> {
     let mut delays = backoff(&cfg.retry);
+    let mut unknown = UnknownStreak::default();
     loop {
         let started = Instant::now();
         let error = match apply_once(cfg, sink, batch).await {
@@ -570,6 +599,9 @@ async fn apply_with_retry(
             Err(e) if e.class == ErrorClass::Transient => e,
             Err(e) => return Err(e),
         };
+        if let Some(message) = unknown.give_up(&cfg.retry, &error) {
+            return Err(ConnectorError::fatal(message));
+        }
         let Some(delay) = delays.next() else {
             return Err(ConnectorError::fatal(format!("giving up after retry.max_attempts: {error}")));
         };

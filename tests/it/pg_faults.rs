@@ -124,6 +124,37 @@ async fn on_error_stop_fails_the_pipeline_instead() {
     assert!(matches!(outcomes[0], tidewater::engine::Outcome::Failed(_)));
 }
 
+/// An error code in no classification table (a target trigger's RAISE EXCEPTION, SQLSTATE
+/// P0001) is retried like a transient one, but only `retry.unknown_max_attempts` times in a
+/// row: then the pipeline fails showing it, having committed nothing of the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unclassified_errors_are_retried_up_to_the_limit_then_fail() {
+    let mut p =
+        TestPipeline::new("unknownerr", "CREATE TABLE items (id int PRIMARY KEY, qty int)", &["public.items"]).await;
+    p.pipeline_extra = "[pipelines.retry]\ninitial_ms = 10\nmax_ms = 50\nunknown_max_attempts = 3".into();
+    p.target_client()
+        .await
+        .batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, qty int); \
+             CREATE FUNCTION unlucky() RETURNS trigger LANGUAGE plpgsql AS \
+               $$ BEGIN IF NEW.qty = 13 THEN RAISE EXCEPTION 'unlucky qty'; END IF; RETURN NEW; END $$; \
+             CREATE TRIGGER unlucky BEFORE INSERT OR UPDATE ON items FOR EACH ROW EXECUTE FUNCTION unlucky()",
+        )
+        .await
+        .unwrap();
+    let daemon = p.start();
+    p.wait_state("streaming", CONVERGE).await;
+    p.source_client().await.batch_execute("INSERT INTO items VALUES (1, 13)").await.unwrap();
+    let status = p.wait_state("failed", CONVERGE).await;
+    let error = status["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("P0001") && error.contains("unknown_max_attempts"), "{error}");
+    assert_eq!(status["retries_total"], 3, "{status}");
+    let rows = p.target_client().await.query("SELECT 1 FROM items", &[]).await.unwrap();
+    assert!(rows.is_empty(), "nothing of the failing batch is committed");
+    let outcomes = daemon.stop().await;
+    assert!(matches!(outcomes[0], tidewater::engine::Outcome::Failed(_)));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_resumes_without_loss_or_duplicates() {
     let p = TestPipeline::new(
@@ -135,7 +166,7 @@ async fn kill_9_under_load_resumes_without_loss_or_duplicates() {
     )
     .await;
     // Writer: a monotonic sequence into an insert-only table, plus updates and deletes,
-    // until the daemon has been killed ten times.
+    // until the daemon has been killed ten times (or TIDEWATER_SOAK_KILLS times).
     let src = p.source_client().await;
     src.batch_execute("SET synchronous_commit = on").await.unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -159,8 +190,10 @@ async fn kill_9_under_load_resumes_without_loss_or_duplicates() {
             n
         })
     };
+    // `scripts/soak.sh` raises the count (100 by default) for a longer soak.
+    let kills: usize = std::env::var("TIDEWATER_SOAK_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
     let mut child = p.spawn_process();
-    for _ in 0..10 {
+    for _ in 0..kills {
         let wait_ms = 200 + (rand::random::<u64>() % 600);
         tokio::time::sleep(Duration::from_millis(wait_ms)).await;
         child.kill().unwrap(); // SIGKILL

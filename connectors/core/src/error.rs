@@ -21,6 +21,9 @@ pub struct ConnectorError {
     pub message: String,
     /// Engine error code where there is one (SQLSTATE, MySQL error number).
     pub code: Option<String>,
+    /// The engine's code is in no classification table: retried as `Transient`, but the
+    /// engine gives up after `retry.unknown_max_attempts` such failures in a row.
+    pub unclassified: bool,
 }
 
 impl fmt::Display for ConnectorError {
@@ -34,7 +37,14 @@ impl fmt::Display for ConnectorError {
 
 impl ConnectorError {
     pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
-        ConnectorError { class, message: message.into(), code: None }
+        ConnectorError { class, message: message.into(), code: None, unclassified: false }
+    }
+    /// An error classified by an engine's table; `None` (a code the table does not know)
+    /// is retried as transient and marked [`ConnectorError::unclassified`].
+    pub fn classified(class: Option<ErrorClass>, message: impl Into<String>) -> Self {
+        let mut e = Self::new(class.unwrap_or(ErrorClass::Transient), message);
+        e.unclassified = class.is_none();
+        e
     }
     pub fn transient(message: impl Into<String>) -> Self {
         Self::new(ErrorClass::Transient, message)

@@ -19,8 +19,14 @@ use tidewater_core::{ConnectorError, ErrorClass};
 /// Numbers not in the table are treated as transient: retried with backoff and shown in
 /// `last_error`, never silently skipped.
 pub fn classify_mysql_error(code: u16) -> ErrorClass {
+    mysql_error_class(code).unwrap_or(ErrorClass::Transient)
+}
+
+/// The classification table; `None` for an error number it does not know (see
+/// [`ConnectorError::classified`]).
+pub fn mysql_error_class(code: u16) -> Option<ErrorClass> {
     use ErrorClass::{Event, Fatal, Transient};
-    match code {
+    Some(match code {
         // ---- transient -------------------------------------------------------------
         1205 => Transient,               // ER_LOCK_WAIT_TIMEOUT
         1213 => Transient,               // ER_LOCK_DEADLOCK
@@ -111,14 +117,14 @@ pub fn classify_mysql_error(code: u16) -> ErrorClass {
         1286 => Fatal,        // ER_UNKNOWN_STORAGE_ENGINE
         1236 => Fatal,        // ER_MASTER_FATAL_ERROR_READING_BINLOG: binlog purged / bad position
         4052 => Fatal,        // duplicate server id
-        _ => Transient,
-    }
+        _ => return None,
+    })
 }
 
 /// A classified error from a server error number and message; `what` says what was being
 /// done (and where), e.g. "upserting into shop.orders".
 pub fn mysql_error(what: impl std::fmt::Display, code: u16, message: &str) -> ConnectorError {
-    ConnectorError::new(classify_mysql_error(code), format!("{what}: {message}")).with_code(code.to_string())
+    ConnectorError::classified(mysql_error_class(code), format!("{what}: {message}")).with_code(code.to_string())
 }
 
 #[cfg(test)]
@@ -170,6 +176,7 @@ mod tests {
         for &(code, class) in table {
             assert_eq!(classify_mysql_error(code), class, "error {code}");
         }
+        assert_eq!(mysql_error_class(9999), None);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use mysql_async::prelude::{FromValue, Queryable};
 use mysql_async::{Conn, OptsBuilder, Row, SslOpts};
 use tidewater_core::{ConnectorError, ErrorClass};
 
-use crate::errors::classify_mysql_error;
+use crate::errors::mysql_error_class;
 use crate::sink::MysqlEndpoint;
 use crate::tls::{MysqlSslMode, MysqlTls};
 
@@ -66,7 +66,7 @@ impl ServerInfo {
 pub fn my_error(what: impl std::fmt::Display, e: mysql_async::Error) -> ConnectorError {
     match e {
         mysql_async::Error::Server(s) => {
-            ConnectorError::new(classify_mysql_error(s.code), format!("{what}: {}", s.message))
+            ConnectorError::classified(mysql_error_class(s.code), format!("{what}: {}", s.message))
                 .with_code(s.code.to_string())
         }
         mysql_async::Error::Io(io) => ConnectorError::transient(format!("{what}: connection lost ({io})")),

@@ -49,7 +49,7 @@ use crate::pgoutput::{self, LogicalMessage, TupleData, TupleValue};
 use crate::replication::{
     format_lsn, parse_lsn, ReplicationConfig, ReplicationConnection, ReplicationError, ReplicationMessage,
 };
-use crate::sql::{classify_sqlstate, pg_error, quote_ident, quote_literal, quote_table};
+use crate::sql::{pg_error, quote_ident, quote_literal, quote_table, sqlstate_class};
 use crate::types::decode_text;
 
 /// How often a standby status update is sent even when nothing changed. It also asks the
@@ -88,11 +88,11 @@ pub struct PgSource {
 /// Converts a replication-connection error, classifying it like any other SQLSTATE.
 pub fn repl_error(what: impl std::fmt::Display, e: ReplicationError) -> ConnectorError {
     let class = match &e {
-        ReplicationError::Io(_) => ErrorClass::Transient,
-        ReplicationError::Server { code, .. } => classify_sqlstate(code),
-        ReplicationError::Auth(_) | ReplicationError::Protocol(_) | ReplicationError::Tls(_) => ErrorClass::Fatal,
+        ReplicationError::Io(_) => Some(ErrorClass::Transient),
+        ReplicationError::Server { code, .. } => sqlstate_class(code),
+        ReplicationError::Auth(_) | ReplicationError::Protocol(_) | ReplicationError::Tls(_) => Some(ErrorClass::Fatal),
     };
-    let mut err = ConnectorError::new(class, format!("{what}: {e}"));
+    let mut err = ConnectorError::classified(class, format!("{what}: {e}"));
     if let Some(code) = e.sqlstate() {
         err = err.with_code(code);
     }

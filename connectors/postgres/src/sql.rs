@@ -33,7 +33,13 @@ pub fn quote_literal(text: &str) -> String {
 /// resource problems are retried, data problems are tied to the event, the rest needs a
 /// human.
 pub fn classify_sqlstate(code: &str) -> ErrorClass {
-    match code {
+    sqlstate_class(code).unwrap_or(ErrorClass::Transient)
+}
+
+/// The classification table; `None` for a code it does not know (see
+/// [`ConnectorError::classified`]).
+pub fn sqlstate_class(code: &str) -> Option<ErrorClass> {
+    Some(match code {
         // serialization failure, deadlock
         "40001" | "40P01" => ErrorClass::Transient,
         // admin/crash shutdown, cannot connect now, query canceled
@@ -51,8 +57,8 @@ pub fn classify_sqlstate(code: &str) -> ErrorClass {
         c if c.starts_with("42") => ErrorClass::Fatal,     // syntax error or access rule violation
         "55000" => ErrorClass::Fatal,                      // object not in prerequisite state
         "3D000" | "3F000" => ErrorClass::Fatal,            // database / schema does not exist
-        _ => ErrorClass::Transient,
-    }
+        _ => return None,
+    })
 }
 
 /// Converts a tokio-postgres error, classifying it. `what` says what was being done.
@@ -67,7 +73,7 @@ pub fn pg_error(what: impl std::fmt::Display, e: tokio_postgres::Error) -> Conne
             if let Some(hint) = db.hint() {
                 message.push_str(&format!("; hint: {hint}"));
             }
-            ConnectorError::new(classify_sqlstate(code), message).with_code(code)
+            ConnectorError::classified(sqlstate_class(code), message).with_code(code)
         }
         None => {
             let text = e.to_string();
@@ -118,5 +124,7 @@ mod tests {
         for (code, class) in table {
             assert_eq!(classify_sqlstate(code), class, "{code}");
         }
+        assert_eq!(sqlstate_class("P0001"), None, "raise_exception is in no table");
+        assert!(ConnectorError::classified(sqlstate_class("P0001"), "x").unclassified);
     }
 }

@@ -67,14 +67,20 @@ pub mod code {
 /// `RANGE` is a bind-parameter index out of range: a bug in the statement, not in the
 /// row, so it is fatal rather than dead-lettering every row.
 pub fn classify(result_code: i32) -> ErrorClass {
+    result_code_class(result_code).unwrap_or(ErrorClass::Transient)
+}
+
+/// The classification table; `None` for a result code it does not know (see
+/// [`ConnectorError::classified`]).
+pub fn result_code_class(result_code: i32) -> Option<ErrorClass> {
     use code::*;
-    match result_code & 0xff {
+    Some(match result_code & 0xff {
         BUSY | LOCKED | IOERR | NOMEM | INTERRUPT | ABORT | PROTOCOL | SCHEMA => ErrorClass::Transient,
         CONSTRAINT | MISMATCH | TOOBIG => ErrorClass::Event,
         CANTOPEN | READONLY | PERM | AUTH | NOLFS | CORRUPT | NOTADB | FULL => ErrorClass::Fatal,
         ERROR | RANGE | MISUSE | INTERNAL | NOTFOUND => ErrorClass::Fatal,
-        _ => ErrorClass::Transient,
-    }
+        _ => return None,
+    })
 }
 
 /// The name of a primary result code, for messages.
@@ -138,12 +144,12 @@ pub fn sqlite_error(what: impl std::fmt::Display, path: &Path, e: sqlx::Error) -
     match e {
         sqlx::Error::Database(db) => {
             let result_code = db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(code::ERROR);
-            let class = classify(result_code);
+            let class = result_code_class(result_code);
             let mut message = format!("{what}: {} ({})", db.message(), code_name(result_code));
             if let Some(fix) = fix_for(result_code, path) {
                 message = format!("{message}; {fix}");
             }
-            ConnectorError::new(class, message).with_code(result_code.to_string())
+            ConnectorError::classified(class, message).with_code(result_code.to_string())
         }
         sqlx::Error::Io(io) => ConnectorError::transient(format!("{what}: I/O error on {}: {io}", path.display())),
         sqlx::Error::WorkerCrashed | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
@@ -202,6 +208,7 @@ mod tests {
         for (result_code, class) in table {
             assert_eq!(classify(result_code), class, "result code {result_code}");
         }
+        assert_eq!(result_code_class(99), None);
     }
 
     #[test]
