@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use tidewater_core::TableId;
 pub use tidewater_postgres::SslMode;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/tidewater/tidewater.toml";
@@ -374,8 +375,11 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
             ));
         }
         for table in &src.tables {
-            if table.split('.').count() != 2 || table.split('.').any(str::is_empty) {
-                errors.push(err(format!("{key}.tables"), format!("{table:?} must be schema.table or schema.*")));
+            if TableId::parse_qualified(table).is_none() {
+                errors.push(err(
+                    format!("{key}.tables"),
+                    format!("{table:?} must be schema.table or schema.* (double-quote a name that contains a dot: schema.\"my.table\")"),
+                ));
             }
         }
         if kind == Some(SourceKind::Mysql) {
@@ -532,7 +536,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
         }
         for (from, to) in &p.tables {
             for (what, name) in [("source", from), ("target", to)] {
-                if name.split('.').count() != 2 || name.contains('*') {
+                if TableId::parse_qualified(name).is_none_or(|t| t.name == "*") {
                     errors.push(err(
                         format!("{key}.tables"),
                         format!("{what} table {name:?} must be written schema.table"),

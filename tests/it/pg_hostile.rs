@@ -20,8 +20,11 @@ async fn hostile_table_and_column_names_replicate() {
             ";DROP TABLE x;--" text
         );
         INSERT INTO "Odd Schema; DROP"."Tä""ble; --x" VALUES (1, 'a''b', 'ü', 1, '"; DROP TABLE y; --');
+        CREATE TABLE "dot.ted" (id int PRIMARY KEY, v text);
+        INSERT INTO "dot.ted" VALUES (1, 'snapshot');
     "#;
-    let p = TestPipeline::new("hostile", setup, &["Odd Schema; DROP.Tä\"ble; --x"]).await;
+    // A name with a dot is double-quoted in the configuration.
+    let p = TestPipeline::new("hostile", setup, &["Odd Schema; DROP.Tä\"ble; --x", "public.\"dot.ted\""]).await;
     let daemon = p.start();
     p.wait_state("streaming", WAIT).await;
     let src = p.source_client().await;
@@ -52,6 +55,9 @@ async fn hostile_table_and_column_names_replicate() {
     src.batch_execute(r#"TRUNCATE "Odd Schema; DROP"."Tä""ble; --x""#).await.unwrap();
     let rows = p.wait_converged(table, table, WAIT).await;
     assert!(rows.is_empty());
+    src.batch_execute(r#"INSERT INTO "dot.ted" VALUES (2, 'streamed')"#).await.unwrap();
+    let rows = p.wait_converged(r#""dot.ted""#, r#""dot.ted""#, WAIT).await;
+    assert_eq!(rows, vec!["(1,snapshot)".to_string(), "(2,streamed)".to_string()]);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidewater"))
         .args(["verify", "--config"])
         .arg(p.config_path())

@@ -23,12 +23,66 @@ impl TableId {
     }
 
     /// Parses `schema.table`; a name without a dot gets `default_schema`.
+    /// `schema.table` (or `table` in `default_schema`). A part may be double-quoted to
+    /// hold dots (`public."my.table"`, `""` for a quote inside); unquoted text splits at
+    /// the first dot.
     pub fn parse(text: &str, default_schema: &str) -> Self {
+        match split_parts(text).as_deref() {
+            Some([schema, name]) => return TableId::new(schema.as_str(), name.as_str()),
+            Some([name]) => return TableId::new(default_schema, name.as_str()),
+            _ => {}
+        }
         match text.split_once('.') {
             Some((schema, name)) => TableId::new(schema, name),
             None => TableId::new(default_schema, text),
         }
     }
+
+    /// Parses `schema.table` strictly: exactly two non-empty parts (each may be quoted).
+    pub fn parse_qualified(text: &str) -> Option<Self> {
+        match split_parts(text)?.as_slice() {
+            [schema, name] if !schema.is_empty() && !name.is_empty() => {
+                Some(TableId::new(schema.as_str(), name.as_str()))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Splits `a.b` into its parts, honouring double-quoted parts; `None` when a quote is
+/// not closed or text follows a closing quote.
+fn split_parts(text: &str) -> Option<Vec<String>> {
+    let mut parts = vec![String::new()];
+    let mut chars = text.chars().peekable();
+    let mut quoted_part = false;
+    while let Some(c) = chars.next() {
+        let current = parts.last_mut()?;
+        match c {
+            '"' if current.is_empty() && !quoted_part => {
+                quoted_part = true;
+                loop {
+                    match chars.next()? {
+                        '"' if chars.peek() == Some(&'"') => {
+                            chars.next();
+                            current.push('"');
+                        }
+                        '"' => break,
+                        other => current.push(other),
+                    }
+                }
+                if !matches!(chars.peek(), None | Some('.')) {
+                    return None;
+                }
+            }
+            '.' => {
+                parts.push(String::new());
+                quoted_part = false;
+            }
+            _ if quoted_part => return None,
+            other => current.push(other),
+        }
+    }
+    Some(parts)
 }
 
 impl fmt::Display for TableId {
@@ -104,5 +158,26 @@ impl TableSchema {
 
     pub fn key_names(&self) -> Vec<&str> {
         self.key.iter().map(|&i| self.columns[i].name.as_str()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_parse_with_optional_quotes() {
+        let t = |s: &str, n: &str| TableId::new(s, n);
+        assert_eq!(TableId::parse("public.orders", "x"), t("public", "orders"));
+        assert_eq!(TableId::parse("orders", "x"), t("x", "orders"));
+        assert_eq!(TableId::parse("public.my.table", "x"), t("public", "my.table"));
+        assert_eq!(TableId::parse("public.\"my.table\"", "x"), t("public", "my.table"));
+        assert_eq!(TableId::parse("\"odd.schema\".\"a \"\"q\"\"\"", "x"), t("odd.schema", "a \"q\""));
+        assert_eq!(TableId::parse("\"solo.name\"", "x"), t("x", "solo.name"));
+        assert_eq!(TableId::parse_qualified("public.\"my.table\""), Some(t("public", "my.table")));
+        assert_eq!(TableId::parse_qualified("public.*"), Some(t("public", "*")));
+        for bad in ["orders", "a.b.c", "public.", ".t", "public.\"open", "public.\"a\"b"] {
+            assert_eq!(TableId::parse_qualified(bad), None, "{bad}");
+        }
     }
 }
