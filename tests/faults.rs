@@ -151,6 +151,10 @@ async fn network_cut_of_10s_to_source_then_target_converges() {
         let status = p.wait_state("retrying", Duration::from_secs(20)).await;
         assert!(status["last_error"].is_string(), "{status}");
         tokio::time::sleep(Duration::from_secs(10)).await;
+        // The writer went on committing at the source: the target is ~10 s behind, also
+        // while the source is unreachable (lag counts from when it was last heard from).
+        let during = p.status().await.unwrap();
+        assert!(during["lag_seconds"].as_f64().unwrap() >= 8.0, "lag during the cut: {during}");
         proxy.restore();
         p.wait_state("streaming", WAIT).await;
     }

@@ -390,8 +390,17 @@ async fn stream(
             },
         };
         let Some(first) = first else {
+            {
+                let mut f = status.figures();
+                f.source_lost_since = f.source_lost_since.or(f.source_seen_at).or_else(|| Some(SystemTime::now()));
+            }
             return Err(stream_end(&mut handle).await);
         };
+        {
+            let mut f = status.figures();
+            f.source_seen_at = Some(SystemTime::now());
+            f.source_lost_since = None;
+        }
         if let SourceItem::TransactionPart(part) = first {
             let applied = apply_large(cfg, status, sink, renames, part, &mut items, &mut handle).await?;
             record_applied(status, &acks, applied);

@@ -52,6 +52,11 @@ pub struct Figures {
     pub last_error: Option<String>,
     /// Commit time of the oldest source transaction received but not yet applied.
     pub oldest_unapplied_commit: Option<SystemTime>,
+    /// When the source stream last delivered anything (a change or an idle heartbeat).
+    pub source_seen_at: Option<SystemTime>,
+    /// Set while the source stream is lost: when it last delivered anything. Changes
+    /// committed since may be waiting unseen, so lag counts from there (an upper bound).
+    pub source_lost_since: Option<SystemTime>,
     /// Last time the pipeline's task showed it is making progress or idly waiting (not
     /// wedged); the systemd watchdog only pings while this is fresh.
     pub last_alive: Instant,
@@ -122,6 +127,8 @@ impl PipelineStatus {
                 retries_total: 0,
                 last_error: None,
                 oldest_unapplied_commit: None,
+                source_seen_at: None,
+                source_lost_since: None,
                 last_alive: Instant::now(),
                 batch_events: Histogram::new(BATCH_EVENT_BUCKETS),
                 apply_seconds: Histogram::new(APPLY_SECONDS_BUCKETS),
@@ -152,9 +159,11 @@ impl PipelineStatus {
     pub fn snapshot_json(&self) -> PipelineJson {
         let f = self.figures().clone();
         let now = SystemTime::now();
-        let lag_seconds = f
-            .oldest_unapplied_commit
-            .and_then(|t| now.duration_since(t).ok())
+        let lag_seconds = [f.oldest_unapplied_commit, f.source_lost_since]
+            .into_iter()
+            .flatten()
+            .filter_map(|t| now.duration_since(t).ok())
+            .max()
             .map_or(0.0, |d| (d.as_secs_f64() * 1000.0).round() / 1000.0);
         let head = self.progress.head_position.lock().ok().and_then(|h| h.clone());
         PipelineJson {
