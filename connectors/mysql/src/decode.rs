@@ -411,10 +411,16 @@ pub fn decode_rows(
     let mut cur = Cursor { buf: data, at: 0 };
     let mut rows = Vec::new();
     while cur.rest() > 0 {
+        let start = cur.at;
         let b = before.map(|p| decode_image(columns, p, &mut cur)).transpose()?;
         let a = after.map(|p| decode_image(columns, p, &mut cur)).transpose()?;
         if b.is_none() && a.is_none() {
             return Err("rows event without a row image".into());
+        }
+        if cur.at == start {
+            // Images of no column take no bytes: the rest could never be read (and looping
+            // on it would grow `rows` without end).
+            return Err(format!("{} bytes left after the rows, but the row images hold no columns", cur.rest()));
         }
         rows.push((b, a));
     }
@@ -1125,7 +1131,60 @@ mod tests {
         out
     }
 
+    /// Every kind a column may be decoded as (the value half of a column's decoder).
+    fn any_kind() -> impl Strategy<Value = ValueKind> {
+        let labels: Arc<[String]> = Arc::from(vec!["a".to_string(), "b".to_string()]);
+        prop_oneof![
+            any::<bool>().prop_map(|unsigned| ValueKind::Int { unsigned }),
+            Just(ValueKind::UInt64),
+            Just(ValueKind::Float32),
+            Just(ValueKind::Float64),
+            Just(ValueKind::Decimal),
+            Just(ValueKind::Year),
+            prop_oneof![
+                Just(Charset::Utf8),
+                Just(Charset::Latin1),
+                Just(Charset::Utf16Be),
+                Just(Charset::Utf16Le),
+                Just(Charset::Utf32)
+            ]
+            .prop_map(ValueKind::Text),
+            proptest::option::of(0usize..40).prop_map(|pad_to| ValueKind::Bytes { pad_to }),
+            Just(ValueKind::JsonText(Charset::Utf8)),
+            Just(ValueKind::JsonBinary),
+            Just(ValueKind::Date),
+            Just(ValueKind::Time),
+            Just(ValueKind::DateTime),
+            Just(ValueKind::Timestamp),
+            Just(ValueKind::Enum(labels.clone())),
+            Just(ValueKind::Set(labels)),
+            Just(ValueKind::Uuid),
+            Just(ValueKind::Inet6),
+            Just(ValueKind::Inet4),
+            Just(ValueKind::Ignored),
+        ]
+    }
+
     proptest! {
+        /// Malformed input never panics: any table map (type code and metadata bytes),
+        /// any decoding kind, any presence bitmaps and any row bytes give rows or an error.
+        #[test]
+        fn random_rows_events_never_panic(
+            columns in proptest::collection::vec((any::<u8>(), proptest::collection::vec(any::<u8>(), 0..4), any_kind()), 1..8),
+            before in proptest::option::of(proptest::collection::vec(any::<bool>(), 8)),
+            after in proptest::option::of(proptest::collection::vec(any::<bool>(), 8)),
+            data in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let decoders: Vec<ColumnDecoder> = columns
+                .into_iter()
+                .filter_map(|(code, meta, kind)| Layout::from_table_map(code, &meta).ok().map(|layout| col(layout, kind)))
+                .collect();
+            let n = decoders.len();
+            let before = before.map(|b| b[..n].to_vec());
+            let after = after.map(|a| a[..n].to_vec());
+            let _ = decode_rows(&decoders, before.as_deref(), after.as_deref(), &data);
+        }
+
         #[test]
         fn decimals_round_trip(
             negative in any::<bool>(),
@@ -1152,6 +1211,13 @@ mod tests {
             );
             prop_assert_eq!(decode_decimal(&bytes, precision, scale).unwrap(), expected);
         }
+    }
+
+    #[test]
+    fn images_without_columns_cannot_loop_forever() {
+        let cols = vec![col(Layout::Long, ValueKind::Int { unsigned: false })];
+        let err = decode_rows(&cols, None, Some(&[false]), &[0, 0]).unwrap_err();
+        assert!(err.contains("hold no columns"), "{err}");
     }
 
     #[test]
