@@ -815,6 +815,14 @@ async fn postgres_types_arrive_in_mariadb_as_the_mapping_says() {
         (r == ["1"]).then_some(())
     })
     .await;
+    // `verify` (source read through the snapshot path) finds the streamed rows equal too.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidewater"))
+        .args(["verify", "--config"])
+        .arg(p.config_path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("4 rows match"), "{text}");
     daemon.stop().await;
 }
 
