@@ -408,6 +408,95 @@ pub trait Sink: Send {
     async fn drop_scratch(&mut self, scratch: &TableId) -> Result<(), ConnectorError>;
 }
 
+/// The bisection that finds the rows a target rejects, shared by the sinks. The sink
+/// drives it on its open transaction:
+///
+/// ```text
+/// let mut iso = Isolator::new(&changes);
+/// while let Some((kind, range)) = iso.next_range() {
+///     SAVEPOINT; apply the rows `range` of `kind`;
+///     Ok(n)          => RELEASE, iso.applied(n)
+///     Err(Event e)   => ROLLBACK TO the savepoint, iso.rejected(&changes, batch, e, dead_letters)
+///     Err(other)     => return it
+/// }
+/// iso.written()
+/// ```
+///
+/// A failing group is split in half until the failing rows stand alone, each becoming a
+/// dead letter. Keys are distinct, so applying subsets in any order ends in the same state.
+#[derive(Debug)]
+pub struct Isolator {
+    /// Kinds not started yet, in application order (reversed: popped from the end).
+    kinds: Vec<RowKind>,
+    kind: Option<RowKind>,
+    pending: Vec<std::ops::Range<usize>>,
+    last: Option<std::ops::Range<usize>>,
+    written: u64,
+}
+
+impl Isolator {
+    pub fn new(changes: &TableChanges) -> Self {
+        let mut kinds: Vec<RowKind> = ROW_KINDS_IN_ORDER.into_iter().filter(|&k| changes.kind_len(k) > 0).collect();
+        kinds.reverse();
+        let mut iso = Isolator { kinds, kind: None, pending: Vec::new(), last: None, written: 0 };
+        iso.start_next_kind(changes);
+        iso
+    }
+
+    fn start_next_kind(&mut self, changes: &TableChanges) {
+        self.kind = self.kinds.pop();
+        if let Some(kind) = self.kind {
+            self.pending.push(0..changes.kind_len(kind));
+        }
+    }
+
+    /// The next group of rows to try, or `None` when every row is applied or set aside.
+    pub fn next_range(&mut self, changes: &TableChanges) -> Option<(RowKind, std::ops::Range<usize>)> {
+        loop {
+            let kind = self.kind?;
+            match self.pending.pop() {
+                Some(range) if range.is_empty() => continue,
+                Some(range) => {
+                    self.last = Some(range.clone());
+                    return Some((kind, range));
+                }
+                None => self.start_next_kind(changes),
+            }
+        }
+    }
+
+    /// The last group was applied, writing `rows`.
+    pub fn applied(&mut self, rows: u64) {
+        self.written += rows;
+        self.last = None;
+    }
+
+    /// The target rejected the last group with `error` (an `Event` error): split it, or
+    /// record its single row as a dead letter.
+    pub fn rejected(
+        &mut self,
+        changes: &TableChanges,
+        batch: &ApplyBatch,
+        error: &ConnectorError,
+        dead_letters: &mut Vec<DeadLetter>,
+    ) {
+        let (Some(range), Some(kind)) = (self.last.take(), self.kind) else { return };
+        if range.len() == 1 {
+            let (row, origin) = changes.row_of(kind, range.start);
+            dead_letters.push(changes.dead_letter(batch, row, origin, error.to_string()));
+        } else {
+            let mid = range.start + range.len() / 2;
+            self.pending.push(mid..range.end);
+            self.pending.push(range.start..mid);
+        }
+    }
+
+    /// Rows written by the applied groups.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+}
+
 /// How a target table differs from the source rows loaded into a scratch table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Comparison {
@@ -468,4 +557,49 @@ pub fn scratch_name(target: &TableId) -> String {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     format!("tidewater_verify_{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{Column, ColumnType, Engine};
+
+    #[test]
+    fn isolator_sets_aside_exactly_the_rejected_rows() {
+        let schema = Arc::new(TableSchema {
+            id: TableId::new("public", "t"),
+            engine: Engine::Postgres,
+            columns: vec![Column {
+                name: "id".into(),
+                kind: ColumnType::Int64,
+                native_type: "bigint".into(),
+                nullable: false,
+                existing_rows_value: None,
+            }],
+            key: vec![0],
+            enum_labels: Vec::new(),
+        });
+        let rows: Vec<Vec<Value>> = (0..37).map(|i| vec![Value::Int(i)]).collect();
+        let mut changes = TableChanges::upserts(schema, TableId::new("public", "t"), rows);
+        changes.deletes = vec![vec![Value::Int(100)], vec![Value::Int(101)]];
+        let batch = ApplyBatch::checkpoint_only("p", Checkpoint { position: "0/1".into(), snapshot_complete: true });
+        let poison = |kind: RowKind, i: usize| {
+            (kind == RowKind::Upsert && [3, 4, 30].contains(&i)) || (kind == RowKind::Delete && i == 1)
+        };
+        let mut iso = Isolator::new(&changes);
+        let mut dead = Vec::new();
+        let mut tries = 0;
+        while let Some((kind, range)) = iso.next_range(&changes) {
+            tries += 1;
+            if range.clone().any(|i| poison(kind, i)) {
+                iso.rejected(&changes, &batch, &ConnectorError::event("no"), &mut dead);
+            } else {
+                iso.applied(range.len() as u64);
+            }
+        }
+        assert_eq!(iso.written(), 37 - 3 + 1);
+        let ids: Vec<serde_json::Value> = dead.iter().map(|d| d.payload["id"].clone()).collect();
+        assert_eq!(ids, [101, 3, 4, 30].map(serde_json::Value::from));
+        assert!(tries < 40, "bisection, not row by row: {tries} tries");
+    }
 }

@@ -720,40 +720,26 @@ async fn apply_table_isolating<C: GenericClient + Sync>(
     dead_letters: &mut Vec<tidewater_core::DeadLetter>,
 ) -> Result<u64, ConnectorError> {
     prepare_segment(tx, state, changes).await?;
-    let mut written = 0;
-    for kind in ROW_KINDS_IN_ORDER {
-        let mut pending: Vec<std::ops::Range<usize>> = Vec::new();
-        pending.push(0..changes.kind_len(kind));
-        while let Some(range) = pending.pop() {
-            if range.is_empty() {
-                continue;
+    let mut iso = tidewater_core::Isolator::new(changes);
+    while let Some((kind, range)) = iso.next_range(changes) {
+        tx.batch_execute("SAVEPOINT tidewater_row").await.map_err(|e| pg_error("setting a savepoint", e))?;
+        match apply_set(tx, state, changes, kind, range).await {
+            Ok(n) => {
+                iso.applied(n);
+                tx.batch_execute("RELEASE SAVEPOINT tidewater_row")
+                    .await
+                    .map_err(|e| pg_error("releasing a savepoint", e))?;
             }
-            tx.batch_execute("SAVEPOINT tidewater_row").await.map_err(|e| pg_error("setting a savepoint", e))?;
-            match apply_set(tx, state, changes, kind, range.clone()).await {
-                Ok(n) => {
-                    written += n;
-                    tx.batch_execute("RELEASE SAVEPOINT tidewater_row")
-                        .await
-                        .map_err(|e| pg_error("releasing a savepoint", e))?;
-                }
-                Err(e) if e.class == tidewater_core::ErrorClass::Event => {
-                    tx.batch_execute("ROLLBACK TO SAVEPOINT tidewater_row")
-                        .await
-                        .map_err(|e| pg_error("rolling back to a savepoint", e))?;
-                    if range.len() == 1 {
-                        let (row, origin) = changes.row_of(kind, range.start);
-                        dead_letters.push(changes.dead_letter(batch, row, origin, e.to_string()));
-                    } else {
-                        let mid = range.start + range.len() / 2;
-                        pending.push(mid..range.end);
-                        pending.push(range.start..mid);
-                    }
-                }
-                Err(e) => return Err(e),
+            Err(e) if e.class == tidewater_core::ErrorClass::Event => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT tidewater_row")
+                    .await
+                    .map_err(|e| pg_error("rolling back to a savepoint", e))?;
+                iso.rejected(changes, batch, &e, dead_letters);
             }
+            Err(e) => return Err(e),
         }
     }
-    Ok(written)
+    Ok(iso.written())
 }
 
 /// `unnest($1::text[], $2::text[], ...) AS u(c3, c5, ...)` for the given column indexes.

@@ -57,8 +57,8 @@ use sqlx::query::Query;
 use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Row, Sqlite};
 use tidewater_core::{
-    ApplyBatch, ApplyReport, Checkpoint, ConnectorError, DeadLetter, ErrorClass, MovedRow, RowKind, Sink, TableChanges,
-    TableId, TablePlan, TableSchema, Value, ROW_KINDS_IN_ORDER,
+    ApplyBatch, ApplyReport, Checkpoint, ConnectorError, DeadLetter, ErrorClass, Isolator, MovedRow, RowKind, Sink,
+    TableChanges, TableId, TablePlan, TableSchema, Value, ROW_KINDS_IN_ORDER,
 };
 
 use crate::sql::{quote_ident, sqlite_error};
@@ -736,37 +736,20 @@ impl Writer<'_> {
         dead_letters: &mut Vec<DeadLetter>,
     ) -> Result<u64, ConnectorError> {
         self.prepare_segment(changes).await?;
-        let mut written = 0;
-        for kind in ROW_KINDS_IN_ORDER {
-            let mut pending: Vec<Range<usize>> = Vec::new();
-            pending.push(0..changes.kind_len(kind));
-            while let Some(range) = pending.pop() {
-                if range.is_empty() {
-                    continue;
+        let mut iso = Isolator::new(changes);
+        while let Some((kind, range)) = iso.next_range(changes) {
+            self.exec("SAVEPOINT tidewater_rows", "setting a savepoint").await?;
+            match self.apply_set(changes, kind, range).await {
+                Ok(n) => iso.applied(n),
+                Err(e) if e.class == ErrorClass::Event => {
+                    self.exec("ROLLBACK TO tidewater_rows", "rolling back to a savepoint").await?;
+                    iso.rejected(changes, batch, &e, dead_letters);
                 }
-                self.exec("SAVEPOINT tidewater_rows", "setting a savepoint").await?;
-                match self.apply_set(changes, kind, range.clone()).await {
-                    Ok(n) => {
-                        written += n;
-                        self.exec("RELEASE tidewater_rows", "releasing a savepoint").await?;
-                    }
-                    Err(e) if e.class == ErrorClass::Event => {
-                        self.exec("ROLLBACK TO tidewater_rows", "rolling back to a savepoint").await?;
-                        self.exec("RELEASE tidewater_rows", "releasing a savepoint").await?;
-                        if range.len() == 1 {
-                            let (row, origin) = changes.row_of(kind, range.start);
-                            dead_letters.push(changes.dead_letter(batch, row, origin, e.to_string()));
-                        } else {
-                            let mid = range.start + range.len() / 2;
-                            pending.push(mid..range.end);
-                            pending.push(range.start..mid);
-                        }
-                    }
-                    Err(e) => return Err(e),
-                }
+                Err(e) => return Err(e),
             }
+            self.exec("RELEASE tidewater_rows", "releasing a savepoint").await?;
         }
-        Ok(written)
+        Ok(iso.written())
     }
 
     /// Reconciles the target table with the segment's schema and runs its truncate.
