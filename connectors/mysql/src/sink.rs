@@ -903,36 +903,22 @@ async fn apply_table_isolating(
 ) -> Result<u64, ConnectorError> {
     let p = prepared(targets, changes)?;
     truncate(conn, changes, &p).await?;
-    let mut written = 0;
-    for kind in ROW_KINDS_IN_ORDER {
-        let mut pending: Vec<std::ops::Range<usize>> = Vec::new();
-        pending.push(0..changes.kind_len(kind));
-        while let Some(range) = pending.pop() {
-            if range.is_empty() {
-                continue;
+    let mut iso = tidewater_core::Isolator::new(changes);
+    while let Some((kind, range)) = iso.next_range(changes) {
+        savepoint(conn, "SAVEPOINT tidewater_row").await?;
+        match apply_set(conn, env, changes, &p, kind, range).await {
+            Ok(n) => {
+                iso.applied(n);
+                savepoint(conn, "RELEASE SAVEPOINT tidewater_row").await?;
             }
-            savepoint(conn, "SAVEPOINT tidewater_row").await?;
-            match apply_set(conn, env, changes, &p, kind, range.clone()).await {
-                Ok(n) => {
-                    written += n;
-                    savepoint(conn, "RELEASE SAVEPOINT tidewater_row").await?;
-                }
-                Err(e) if e.class == ErrorClass::Event => {
-                    savepoint(conn, "ROLLBACK TO SAVEPOINT tidewater_row").await?;
-                    if range.len() == 1 {
-                        let (row, origin) = changes.row_of(kind, range.start);
-                        dead_letters.push(changes.dead_letter(batch, row, origin, e.to_string()));
-                    } else {
-                        let mid = range.start + range.len() / 2;
-                        pending.push(mid..range.end);
-                        pending.push(range.start..mid);
-                    }
-                }
-                Err(e) => return Err(e),
+            Err(e) if e.class == ErrorClass::Event => {
+                savepoint(conn, "ROLLBACK TO SAVEPOINT tidewater_row").await?;
+                iso.rejected(changes, batch, &e, dead_letters);
             }
+            Err(e) => return Err(e),
         }
     }
-    Ok(written)
+    Ok(iso.written())
 }
 
 /// Applies the rows `range` of one kind (distinct keys).
