@@ -704,25 +704,82 @@ pub fn f32_to_f64(f: f32) -> f64 {
     }
 }
 
-fn frac_text(micros: u32) -> String {
-    if micros == 0 {
-        return String::new();
+// The date/time texts below are built digit by digit: they are made for every temporal
+// value of every row, and `format!` costs several times more.
+
+/// Appends `v` in decimal, zero-padded to at least `width` digits.
+fn push_padded(out: &mut String, v: u64, width: usize) {
+    let mut digits = [0u8; 20];
+    let mut n = 0;
+    let mut rest = v;
+    loop {
+        digits[n] = b'0' + (rest % 10) as u8;
+        n += 1;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
     }
-    let s = format!(".{micros:06}");
-    s.trim_end_matches('0').to_string()
+    for _ in n..width {
+        out.push('0');
+    }
+    out.extend(digits[..n].iter().rev().map(|&d| char::from(d)));
+}
+
+/// Appends `.ffffff` without trailing zeros (nothing for 0).
+fn push_fraction(out: &mut String, micros: u32) {
+    if micros == 0 {
+        return;
+    }
+    let mut digits = 6;
+    let mut v = micros;
+    while v.is_multiple_of(10) {
+        v /= 10;
+        digits -= 1;
+    }
+    out.push('.');
+    push_padded(out, u64::from(v), digits);
+}
+
+fn push_date(out: &mut String, y: u32, m: u32, d: u32) {
+    push_padded(out, u64::from(y), 4);
+    out.push('-');
+    push_padded(out, u64::from(m), 2);
+    out.push('-');
+    push_padded(out, u64::from(d), 2);
+}
+
+fn push_hms(out: &mut String, h: u64, mi: u32, s: u32, micros: u32) {
+    push_padded(out, h, 2);
+    out.push(':');
+    push_padded(out, u64::from(mi), 2);
+    out.push(':');
+    push_padded(out, u64::from(s), 2);
+    push_fraction(out, micros);
 }
 
 pub fn fmt_date(y: u32, m: u32, d: u32) -> String {
-    format!("{y:04}-{m:02}-{d:02}")
+    let mut out = String::with_capacity(10);
+    push_date(&mut out, y, m, d);
+    out
 }
 
 pub fn fmt_time(negative: bool, hours: u64, minutes: u32, seconds: u32, micros: u32) -> String {
-    let sign = if negative && (hours, minutes, seconds, micros) != (0, 0, 0, 0) { "-" } else { "" };
-    format!("{sign}{hours:02}:{minutes:02}:{seconds:02}{}", frac_text(micros))
+    let mut out = String::with_capacity(17);
+    if negative && (hours, minutes, seconds, micros) != (0, 0, 0, 0) {
+        out.push('-');
+    }
+    push_hms(&mut out, hours, minutes, seconds, micros);
+    out
 }
 
 pub fn fmt_datetime(y: u32, mo: u32, d: u32, h: u32, mi: u32, s: u32, micros: u32) -> String {
-    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}{}", frac_text(micros))
+    // Room for the `+00` fmt_epoch appends.
+    let mut out = String::with_capacity(29);
+    push_date(&mut out, y, mo, d);
+    out.push(' ');
+    push_hms(&mut out, u64::from(h), mi, s, micros);
+    out
 }
 
 /// A TIMESTAMP (seconds since the epoch, UTC) as `YYYY-MM-DD HH:MM:SS[.f]+00`; 0 is
@@ -734,10 +791,9 @@ pub fn fmt_epoch(secs: u64, micros: u32) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{}+00",
-        fmt_datetime(y as u32, m, d, (rem / 3600) as u32, (rem / 60 % 60) as u32, (rem % 60) as u32, micros)
-    )
+    let mut out = fmt_datetime(y as u32, m, d, (rem / 3600) as u32, (rem / 60 % 60) as u32, (rem % 60) as u32, micros);
+    out.push_str("+00");
+    out
 }
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
@@ -949,6 +1005,32 @@ mod tests {
             Value::TimestampTz("2038-01-19 03:14:07.5+00".into())
         );
         assert_eq!(fmt_epoch(951_782_400, 123), "2000-02-29 00:00:00.000123+00");
+    }
+
+    #[test]
+    fn date_time_texts_match_the_format_macro() {
+        let frac = |micros: u32| {
+            if micros == 0 {
+                String::new()
+            } else {
+                format!(".{micros:06}").trim_end_matches('0').to_string()
+            }
+        };
+        for &(y, mo, d) in &[(0, 0, 0), (1, 2, 3), (999, 12, 31), (2024, 1, 9), (9999, 12, 31), (12345, 1, 1)] {
+            assert_eq!(fmt_date(y, mo, d), format!("{y:04}-{mo:02}-{d:02}"));
+            for &(h, mi, s) in &[(0, 0, 0), (9, 5, 7), (23, 59, 59)] {
+                for micros in [0, 1, 10, 500_000, 123_456, 999_999, 120_000] {
+                    assert_eq!(
+                        fmt_datetime(y, mo, d, h, mi, s, micros),
+                        format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}{}", frac(micros))
+                    );
+                }
+            }
+        }
+        assert_eq!(fmt_time(true, 838, 59, 59, 0), "-838:59:59");
+        assert_eq!(fmt_time(true, 0, 0, 0, 0), "00:00:00");
+        assert_eq!(fmt_time(false, 1, 2, 3, 40), "01:02:03.00004");
+        assert_eq!(fmt_time(true, 0, 0, 0, 5), "-00:00:00.000005");
     }
 
     /// DATETIME2 bytes as MySQL's `my_datetime_packed_to_binary` writes them.

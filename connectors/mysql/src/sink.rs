@@ -952,26 +952,31 @@ fn check_row_size(changes: &TableChanges, env: &Env<'_>, binds: &[Bind<'_>]) -> 
     Ok(size)
 }
 
-/// Runs `rows` (each `width` binds) in multi-row statements made by `make_sql(rows)`.
+/// Runs rows of `width` binds each (`binds` holds them row after row) in multi-row
+/// statements made by `make_sql(rows)`.
 async fn run_chunked(
     conn: &mut MySqlConnection,
     env: &Env<'_>,
     changes: &TableChanges,
-    rows: &[Vec<Bind<'_>>],
+    binds: &[Bind<'_>],
     width: usize,
     make_sql: impl Fn(usize) -> String,
     what: &str,
 ) -> Result<u64, ConnectorError> {
-    let sizes = rows.iter().map(|r| check_row_size(changes, env, r)).collect::<Result<Vec<_>, _>>()?;
+    let sizes = binds.chunks(width).map(|row| check_row_size(changes, env, row)).collect::<Result<Vec<_>, _>>()?;
     let mut start = 0;
+    // Chunk sizes repeat (1024, 1024, ..., 512, ...): each statement text is built once.
+    let mut statement = (0, String::new());
     for n in sql::plan_chunks(&sizes, width, env.statement_budget()) {
-        let statement = make_sql(n);
-        exec(conn, &statement, rows[start..start + n].iter().flatten())
+        if statement.0 != n {
+            statement = (n, make_sql(n));
+        }
+        exec(conn, &statement.1, &binds[start * width..(start + n) * width])
             .await
             .map_err(|e| sqlx_error(format_args!("{what} {}", changes.target), e))?;
         start += n;
     }
-    Ok(rows.len() as u64)
+    Ok(sizes.len() as u64)
 }
 
 async fn delete_rows(
@@ -984,8 +989,9 @@ async fn delete_rows(
     let key = &changes.schema.key;
     let binds = rows
         .iter()
-        .map(|row| key.iter().map(|&k| bind(changes, p, k, row.get(k).unwrap_or(&Value::Null))).collect())
-        .collect::<Result<Vec<Vec<Bind>>, _>>()?;
+        .flat_map(|row| key.iter().map(move |&k| (k, row.get(k).unwrap_or(&Value::Null))))
+        .map(|(k, v)| bind(changes, p, k, v))
+        .collect::<Result<Vec<Bind>, _>>()?;
     run_chunked(conn, env, changes, &binds, key.len(), |n| sql::delete_sql(&p.sql, n), "deleting from").await
 }
 
@@ -1003,8 +1009,9 @@ async fn upsert_rows(
     if !full.is_empty() {
         let binds = full
             .iter()
-            .map(|row| row.iter().enumerate().map(|(i, v)| bind(changes, p, i, v)).collect())
-            .collect::<Result<Vec<Vec<Bind>>, _>>()?;
+            .flat_map(|row| row.iter().enumerate())
+            .map(|(i, v)| bind(changes, p, i, v))
+            .collect::<Result<Vec<Bind>, _>>()?;
         let server = env.facts.server;
         written += run_chunked(
             conn,

@@ -117,21 +117,27 @@ fn duplicate_key_update(t: &TableSql, existing: impl Fn(usize) -> String, new: i
 
 /// `(?, ?, ?)` for `n` placeholders.
 fn tuple(n: usize) -> String {
-    let mut s = String::with_capacity(2 + n * 3);
-    s.push('(');
-    for i in 0..n {
-        if i > 0 {
-            s.push_str(", ");
-        }
-        s.push('?');
-    }
-    s.push(')');
-    s
+    tuples(n, 1)
 }
 
+/// `rows` tuples of `width` placeholders, comma-separated.
 fn tuples(width: usize, rows: usize) -> String {
-    let one = tuple(width);
-    vec![one; rows].join(", ")
+    let one = 3 * width.max(1);
+    let mut s = String::with_capacity(rows * (one + 2));
+    for r in 0..rows {
+        if r > 0 {
+            s.push_str(", ");
+        }
+        s.push('(');
+        for i in 0..width {
+            if i > 0 {
+                s.push_str(", ");
+            }
+            s.push('?');
+        }
+        s.push(')');
+    }
+    s
 }
 
 /// Multi-row upsert of full rows (every column bound, row after row).

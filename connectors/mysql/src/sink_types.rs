@@ -303,11 +303,9 @@ pub fn convert<'a>(
         Value::Json(s) => Bind::Text(Cow::Borrowed(s)),
         Value::Bytes(b) => Bind::Bytes(b),
         Value::Date(s) | Value::Timestamp(s) if target.is_temporal() => {
-            Bind::Text(Cow::Owned(convert_datetime(s, false, engine, target)?))
+            Bind::Text(convert_datetime(s, false, engine, target)?)
         }
-        Value::TimestampTz(s) if target.is_temporal() => {
-            Bind::Text(Cow::Owned(convert_datetime(s, true, engine, target)?))
-        }
+        Value::TimestampTz(s) if target.is_temporal() => Bind::Text(convert_datetime(s, true, engine, target)?),
         Value::Time(s) if target.data_type == "time" => {
             check_fraction(fraction_of(s), target, s)?;
             Bind::Text(Cow::Borrowed(s))
@@ -555,10 +553,14 @@ fn parse_offset(s: &str) -> Option<i64> {
 }
 
 /// Checks and formats a date/timestamp for a DATE/DATETIME/TIMESTAMP column; with `tz`, a
-/// value with an offset is converted to UTC (the sink's session time zone).
-fn convert_datetime(s: &str, tz: bool, engine: Engine, target: &TargetColumn) -> Result<String, String> {
+/// value with an offset is converted to UTC (the sink's session time zone). A text already
+/// in the resulting form is borrowed, not copied.
+fn convert_datetime<'a>(s: &'a str, tz: bool, engine: Engine, target: &TargetColumn) -> Result<Cow<'a, str>, String> {
+    if let Some(text) = canonical_datetime(s, target) {
+        return Ok(Cow::Borrowed(text));
+    }
     if engine == Engine::Mysql && s.starts_with("0000-00-00") {
-        return Ok(s.to_string()); // MySQL's zero date, from a MySQL source: kept as is
+        return Ok(Cow::Borrowed(s)); // MySQL's zero date, from a MySQL source: kept as is
     }
     if s.ends_with("infinity") {
         return Err(format!("{s} cannot be stored in MySQL (no infinite dates)"));
@@ -602,7 +604,7 @@ fn convert_datetime(s: &str, tz: bool, engine: Engine, target: &TargetColumn) ->
         if p.time.is_some_and(|t| t != (0, 0, 0)) || p.fraction.bytes().any(|b| b != b'0') {
             return Err(format!("{s:?} has a time of day; the target column is a DATE"));
         }
-        return Ok(format!("{year:04}-{month:02}-{day:02}"));
+        return Ok(Cow::Owned(format!("{year:04}-{month:02}-{day:02}")));
     }
     check_fraction(&p.fraction, target, s)?;
     let mut out = format!("{year:04}-{month:02}-{day:02} {h:02}:{mi:02}:{se:02}");
@@ -611,7 +613,43 @@ fn convert_datetime(s: &str, tz: bool, engine: Engine, target: &TargetColumn) ->
         out.push('.');
         out.push_str(fraction);
     }
-    Ok(out)
+    Ok(Cow::Owned(out))
+}
+
+/// The fast path of [`convert_datetime`]: `s` when it already is what the general path
+/// would produce for `target` (the usual case for a MySQL source), else `None`. That is
+/// `YYYY-MM-DD` for a DATE column, and `YYYY-MM-DD HH:MM:SS[.f]` with no trailing zero in
+/// the fraction and no more fraction digits than the column keeps, for DATETIME/TIMESTAMP;
+/// a zero offset `+00` after it is left out (the session time zone is UTC). Years
+/// 1000–9999, valid dates and times only.
+fn canonical_datetime<'a>(s: &'a str, target: &TargetColumn) -> Option<&'a str> {
+    let b = s.as_bytes();
+    let number = |at: usize, len: usize| -> Option<u32> {
+        let digits = b.get(at..at + len)?;
+        digits.iter().try_fold(0u32, |n, &d| d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0')))
+    };
+    let sep = |at: usize, c: u8| b.get(at) == Some(&c);
+    let (year, month, day) = (number(0, 4)?, number(5, 2)?, number(8, 2)?);
+    if !(sep(4, b'-') && sep(7, b'-') && (1000..=9999).contains(&year)) {
+        return None;
+    }
+    chrono::NaiveDate::from_ymd_opt(year as i32, month, day)?;
+    if target.data_type == "date" {
+        return (b.len() == 10).then_some(s);
+    }
+    let (h, mi, se) = (number(11, 2)?, number(14, 2)?, number(17, 2)?);
+    if !(sep(10, b' ') && sep(13, b':') && sep(16, b':') && h <= 23 && mi <= 59 && se <= 59) {
+        return None;
+    }
+    let value = s.strip_suffix("+00").unwrap_or(s);
+    let fraction = value.get(19..)?;
+    if fraction.is_empty() {
+        return Some(value);
+    }
+    let digits = fraction.strip_prefix('.')?;
+    let keep = target.datetime_precision.unwrap_or(0) as usize;
+    let plain = !digits.is_empty() && digits.bytes().all(|d| d.is_ascii_digit()) && !digits.ends_with('0');
+    (plain && digits.len() <= keep).then_some(value)
 }
 
 // ---- arrays --------------------------------------------------------------------------
@@ -866,7 +904,7 @@ mod tests {
     #[test]
     fn timestamps_convert_to_utc_and_out_of_range_is_rejected() {
         let dt = target("DATETIME(6)");
-        let tz = |s: &str| convert_datetime(s, true, Engine::Postgres, &dt);
+        let tz = |s: &str| convert_datetime(s, true, Engine::Postgres, &dt).map(Cow::into_owned);
         assert_eq!(tz("2026-11-22 12:00:00.123456+00").unwrap(), "2026-11-22 12:00:00.123456");
         assert_eq!(tz("2026-11-22 12:00:00+05:30").unwrap(), "2026-11-22 06:30:00");
         assert_eq!(tz("2026-01-01 01:00:00.5-08").unwrap(), "2026-01-01 09:00:00.5");
@@ -879,7 +917,7 @@ mod tests {
         assert!(tz("0999-12-31 23:59:59+00").unwrap_err().contains("1000"));
         assert!(tz("10000-01-01 00:00:00+00").is_err());
         assert!(tz("1000-01-01 00:30:00+01").unwrap_err().contains("in UTC"));
-        let ts = |s: &str, t: &TargetColumn| convert_datetime(s, false, Engine::Postgres, t);
+        let ts = |s: &str, t: &TargetColumn| convert_datetime(s, false, Engine::Postgres, t).map(Cow::into_owned);
         assert_eq!(ts("2024-02-29 12:34:56.123456", &dt).unwrap(), "2024-02-29 12:34:56.123456");
         assert!(ts("2024-02-29 12:34:56.123456", &target("DATETIME")).unwrap_err().contains("fractional"));
         assert_eq!(ts("2024-02-29 12:34:56.000", &target("DATETIME")).unwrap(), "2024-02-29 12:34:56");
@@ -887,6 +925,57 @@ mod tests {
         assert!(ts("0044-03-15 BC", &target("DATE")).is_err());
         assert!(ts("2024-02-30", &target("DATE")).is_err());
         assert_eq!(convert_datetime("0000-00-00 00:00:00", false, Engine::Mysql, &dt).unwrap(), "0000-00-00 00:00:00");
+    }
+
+    #[test]
+    fn canonical_date_times_are_borrowed_and_agree_with_the_general_path() {
+        let dt6 = target("DATETIME(6)");
+        let cases: &[(&str, &TargetColumn)] = &[
+            ("2024-01-01 00:00:01", &dt6),
+            ("2024-01-01 00:00:01.5", &dt6),
+            ("2024-01-01 00:00:01.123456", &dt6),
+            ("2024-01-01 00:00:01.123456+00", &dt6),
+            ("2024-02-29 23:59:59+00", &dt6),
+            ("2024-01-01", &target("DATE")),
+        ];
+        for &(text, t) in cases {
+            for tz in [false, true] {
+                let got = convert_datetime(text, tz, Engine::Mysql, t).unwrap();
+                assert!(matches!(got, Cow::Borrowed(_)), "{text}");
+                assert_eq!(Some(got.as_ref()), canonical_datetime(text, t));
+                assert_eq!(got.as_ref(), text.strip_suffix("+00").unwrap_or(text));
+            }
+        }
+        // Everything else takes the general path (and gets its answer or error).
+        let dt0 = target("DATETIME");
+        let general: &[(&str, &TargetColumn)] = &[
+            ("2024-01-01 00:00:01.", &dt6),
+            ("2024-01-01 00:00:01.50", &dt6),
+            ("2024-01-01 00:00:01.5", &dt0),
+            ("2024-01-01 00:00:01.1234567", &dt6),
+            ("2024-01-01T00:00:01", &dt6),
+            ("2024-01-01 00:00:01+01", &dt6),
+            ("2024-01-01 00:00:01+00 BC", &dt6),
+            ("2024-01-01 24:00:00", &dt6),
+            ("2024-02-30 00:00:00", &dt6),
+            ("0999-12-31 00:00:00", &dt6),
+            ("0000-00-00 00:00:00", &dt6),
+            ("2024-01-01", &dt6),
+            ("2024-01-01 00:00:00", &target("DATE")),
+            ("2024-1-01 00:00:00", &dt6),
+        ];
+        for &(text, t) in general {
+            assert_eq!(canonical_datetime(text, t), None, "{text}");
+        }
+        assert_eq!(
+            convert_datetime("2024-01-01 00:00:01.50", false, Engine::Mysql, &dt6).unwrap(),
+            "2024-01-01 00:00:01.5"
+        );
+        assert_eq!(convert_datetime("2024-01-01", false, Engine::Mysql, &dt6).unwrap(), "2024-01-01 00:00:00");
+        assert_eq!(
+            convert_datetime("2024-01-01 00:00:00", false, Engine::Mysql, &target("DATE")).unwrap(),
+            "2024-01-01"
+        );
     }
 
     #[test]

@@ -913,7 +913,6 @@ impl Reader {
     }
 
     async fn table_map(&mut self, event: &Event, end: u64) -> Result<(), ConnectorError> {
-        let at = format!("{}:{}", self.file, end);
         let raw = event.data();
         let info = {
             // Table maps repeat in every transaction: decode each distinct one once.
@@ -934,6 +933,7 @@ impl Reader {
         if self.maps.len() >= MAX_TABLE_MAPS {
             self.maps.clear();
         }
+        let at = format!("{}:{}", self.file, end);
         let id = TableId::new(info.database.clone(), info.table.clone());
         if !self.catalog.tables.contains_key(&id) {
             self.maps.insert(info.table_id, (raw.to_vec(), Arc::new(Mapping::Untracked)));
@@ -1017,20 +1017,19 @@ impl Reader {
         };
         // Missing columns: an error, or `fill` (only where the event model allows it).
         let project = |img: RowImage, fill: Option<Value>, what: &str| -> Result<Vec<Value>, ConnectorError> {
+            let value = |j: usize, v: Option<Value>| match v {
+                Some(v) => Ok(v),
+                None if schema.key.contains(&j) => Err(not_full(what)),
+                None => fill.clone().ok_or_else(|| not_full(what)),
+            };
+            let Some(keep) = &mapped.keep else {
+                // The table map's columns are the schema's: converted in place.
+                return img.into_iter().enumerate().map(|(j, v)| value(j, v)).collect();
+            };
             let mut out = vec![Value::Null; schema.columns.len()];
             for (i, v) in img.into_iter().enumerate() {
-                let target = match &mapped.keep {
-                    None => Some(i),
-                    Some(keep) => keep.get(i).copied().flatten(),
-                };
-                let Some(j) = target else { continue };
-                match v {
-                    Some(v) => out[j] = v,
-                    None if schema.key.contains(&j) => return Err(not_full(what)),
-                    None => match &fill {
-                        Some(f) => out[j] = f.clone(),
-                        None => return Err(not_full(what)),
-                    },
+                if let Some(j) = keep.get(i).copied().flatten() {
+                    out[j] = value(j, v)?;
                 }
             }
             Ok(out)
@@ -1051,12 +1050,8 @@ impl Reader {
     /// Adds an event to the open transaction, handing on a part when it grows large.
     /// Returns false when the engine has gone away.
     async fn push(&mut self, event: ChangeEvent) -> Result<bool, ConnectorError> {
-        let here = self.here();
         let Some(tx) = &mut self.current else {
-            return Err(ConnectorError::fatal(format!(
-                "source {}: change outside a transaction at binlog position {here}",
-                self.source_name
-            )));
+            return Err(self.fatal("change outside a transaction"));
         };
         if tx.skip {
             return Ok(true);
