@@ -560,7 +560,9 @@ fn convert_datetime<'a>(s: &'a str, tz: bool, engine: Engine, target: &TargetCol
         return Ok(Cow::Borrowed(text));
     }
     if engine == Engine::Mysql && s.starts_with("0000-00-00") {
-        return Ok(Cow::Borrowed(s)); // MySQL's zero date, from a MySQL source: kept as is
+        // MySQL's zero date / zero TIMESTAMP, from a MySQL source: kept as is (a zero
+        // TIMESTAMP arrives as `0000-00-00 00:00:00+00`; the offset means nothing here).
+        return Ok(Cow::Borrowed(s.strip_suffix("+00").unwrap_or(s)));
     }
     if s.ends_with("infinity") {
         return Err(format!("{s} cannot be stored in MySQL (no infinite dates)"));
@@ -925,6 +927,10 @@ mod tests {
         assert!(ts("0044-03-15 BC", &target("DATE")).is_err());
         assert!(ts("2024-02-30", &target("DATE")).is_err());
         assert_eq!(convert_datetime("0000-00-00 00:00:00", false, Engine::Mysql, &dt).unwrap(), "0000-00-00 00:00:00");
+        assert_eq!(
+            convert_datetime("0000-00-00 00:00:00+00", true, Engine::Mysql, &dt).unwrap(),
+            "0000-00-00 00:00:00"
+        );
     }
 
     #[test]
