@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use backon::BackoffBuilder;
+use futures_util::future::Either;
 use tidewater_core::{
     ApplyBatch, ApplyReport, Checkpoint, ConnectorError, ErrorClass, Sink, Source, SourceItem, TableChanges, TableId,
     TablePlan, Transaction,
@@ -486,9 +487,10 @@ async fn stream_end(handle: &mut StreamGuard) -> ConnectorError {
 
 /// Applies a large source transaction that arrives in parts: every part inside one open
 /// target transaction, committed with the checkpoint when the final part arrives, so
-/// memory stays bounded and readers still never see half of it. Any failure rolls the
-/// whole target transaction back; a transient one restarts the stream from the checkpoint
-/// (the source sends the transaction again).
+/// memory stays bounded and readers still never see half of it. While the target applies
+/// a part, the next one is received and turned into a batch on the blocking pool. Any
+/// failure rolls the whole target transaction back; a transient one restarts the stream
+/// from the checkpoint (the source sends the transaction again).
 async fn apply_large(
     cfg: &PipelineConfig,
     status: &PipelineStatus,
@@ -500,51 +502,36 @@ async fn apply_large(
 ) -> Result<Applied, ConnectorError> {
     let isolate = cfg.on_error == OnError::DeadLetter;
     let started = Instant::now();
+    let renames = Arc::new(renames.clone());
     let result = async {
         sink.begin_large().await?;
         note_pending(status, Some(first.commit_time));
-        let mut events = 0u64;
+        let (mut part, mut events, mut apply) = prepare_part(&cfg.name, &renames, first).await?;
         let mut dead_letters = 0u64;
-        let mut part = first;
         loop {
-            let mut batch = BatchBuilder::new(renames);
-            events += part.events.len() as u64;
-            batch.push_transaction(Transaction {
-                position: part.position.clone(),
-                position_num: None,
-                commit_time: part.commit_time,
-                events: std::mem::take(&mut part.events),
-            });
-            let apply = batch.finish(&cfg.name, Vec::new(), true);
-            dead_letters += sink.apply_part(&apply, isolate).await.map_err(|e| stop_on_event(cfg, e))?.dead_letters;
+            let applying = sink.apply_part(&apply, isolate);
+            let receiving = next_piece(&cfg.name, &renames, items);
+            let (report, next) = apply_and(applying, receiving).await.map_err(|e| stop_on_event(cfg, e))?;
+            dead_letters += report.dead_letters;
             status.touch();
             drop(part); // releases its memory budget to the source
-            let next = match items.recv().await {
-                Some(item) => item,
-                None => return Err(stream_end(handle).await),
-            };
-            match next {
-                SourceItem::TransactionPart(p) => part = p,
-                SourceItem::Transaction(tx) => {
-                    events += tx.events.len() as u64;
-                    let mut batch = BatchBuilder::new(renames);
-                    batch.push_transaction(tx);
-                    let last = batch.finish(&cfg.name, Vec::new(), true);
+            match next? {
+                Piece::Part(p, n, batch) => {
+                    (part, apply) = (p, batch);
+                    events += n;
+                }
+                Piece::Last(n, last) => {
                     let report = sink.commit_large(&last, isolate).await.map_err(|e| stop_on_event(cfg, e))?;
                     dead_letters += report.dead_letters;
                     return Ok(Applied {
                         position: last.checkpoint.position,
-                        events,
+                        events: events + n,
                         transactions: 1,
                         dead_letters,
                         apply_seconds: started.elapsed().as_secs_f64(),
                     });
                 }
-                SourceItem::Heartbeat { position } => {
-                    return Err(ConnectorError::fatal(format!(
-                        "source protocol error: idle heartbeat at {position} inside a transaction"
-                    )))
-                }
+                Piece::End => return Err(stream_end(handle).await),
             }
         }
     }
@@ -553,6 +540,85 @@ async fn apply_large(
         sink.abort_large().await;
     }
     result
+}
+
+/// The next piece of a large transaction, ready to apply.
+enum Piece {
+    /// A part (kept for its memory budget), its event count and its batch.
+    Part(tidewater_core::TransactionPart, u64, ApplyBatch),
+    /// The final piece: its event count and its batch (with the commit position).
+    Last(u64, ApplyBatch),
+    /// The source stream ended.
+    End,
+}
+
+async fn next_piece(
+    pipeline: &str,
+    renames: &Arc<HashMap<TableId, TableId>>,
+    items: &mut mpsc::Receiver<SourceItem>,
+) -> Result<Piece, ConnectorError> {
+    match items.recv().await {
+        None => Ok(Piece::End),
+        Some(SourceItem::TransactionPart(part)) => {
+            let (part, n, batch) = prepare_part(pipeline, renames, part).await?;
+            Ok(Piece::Part(part, n, batch))
+        }
+        Some(SourceItem::Transaction(tx)) => {
+            let n = tx.events.len() as u64;
+            Ok(Piece::Last(n, batch_on_blocking_pool(pipeline, renames, tx).await?))
+        }
+        Some(SourceItem::Heartbeat { position }) => Err(ConnectorError::fatal(format!(
+            "source protocol error: idle heartbeat at {position} inside a transaction"
+        ))),
+    }
+}
+
+/// Takes a part's events into a batch; returns the part (holding its memory budget), the
+/// event count and the batch.
+async fn prepare_part(
+    pipeline: &str,
+    renames: &Arc<HashMap<TableId, TableId>>,
+    mut part: tidewater_core::TransactionPart,
+) -> Result<(tidewater_core::TransactionPart, u64, ApplyBatch), ConnectorError> {
+    let tx = Transaction {
+        position: part.position.clone(),
+        position_num: None,
+        commit_time: part.commit_time,
+        events: std::mem::take(&mut part.events),
+    };
+    let n = tx.events.len() as u64;
+    let batch = batch_on_blocking_pool(pipeline, renames, tx).await?;
+    Ok((part, n, batch))
+}
+
+/// The batch of one transaction, built on the blocking pool (a part's ten thousand events
+/// take milliseconds: meanwhile the runtime's workers go on with the apply and the source).
+async fn batch_on_blocking_pool(
+    pipeline: &str,
+    renames: &Arc<HashMap<TableId, TableId>>,
+    tx: Transaction,
+) -> Result<ApplyBatch, ConnectorError> {
+    let (pipeline, renames) = (pipeline.to_string(), renames.clone());
+    tokio::task::spawn_blocking(move || {
+        let mut batch = BatchBuilder::new(&renames);
+        batch.push_transaction(tx);
+        batch.finish(&pipeline, Vec::new(), true)
+    })
+    .await
+    .map_err(|e| ConnectorError::fatal(format!("building a batch failed: {e}")))
+}
+
+/// Runs `apply` and `alongside` concurrently, both to the end; an error of `apply` returns
+/// at once (dropping `alongside`: the caller abandons the stream then).
+async fn apply_and<T, U>(
+    apply: impl std::future::Future<Output = Result<T, ConnectorError>>,
+    alongside: impl std::future::Future<Output = U>,
+) -> Result<(T, U), ConnectorError> {
+    tokio::pin!(apply, alongside);
+    match futures_util::future::select(apply, alongside).await {
+        Either::Left((result, alongside)) => Ok((result?, alongside.await)),
+        Either::Right((other, apply)) => Ok((apply.await?, other)),
+    }
 }
 
 fn stop_on_event(cfg: &PipelineConfig, e: ConnectorError) -> ConnectorError {

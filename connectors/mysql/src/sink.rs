@@ -16,10 +16,12 @@
 //! DUPLICATE KEY UPDATE`); deletes (`DELETE ... WHERE (k1, k2) IN ((?, ?), ...)`); upserts
 //! (multi-row `INSERT ... ON DUPLICATE KEY UPDATE`, `VALUES(c)` on MariaDB and MySQL before
 //! 8.0.20, a row alias on later MySQL); rows with unchanged TOAST columns as one `UPDATE`
-//! of the sent columns each. Then the dead letters and the checkpoint, and COMMIT.
-//! Multi-row statements hold at most 1024 rows, 65535 placeholders and about a quarter of
-//! `max_allowed_packet`, in power-of-two sizes so few distinct statements are prepared; a
-//! single row larger than `max_allowed_packet` is rejected (dead letter) before it is sent.
+//! of the sent columns each. Then the dead letters, and the checkpoint with the COMMIT (one
+//! round trip). Multi-row statements hold at most 1024 rows, 65535 placeholders and about a
+//! quarter of `max_allowed_packet`, in power-of-two sizes so few distinct statements are
+//! prepared (a delete's key list is filled up to the next power of two by repeating its last
+//! key, so a batch's deletes take one statement per 1024 keys); a single row larger than
+//! `max_allowed_packet` is rejected (dead letter) before it is sent.
 //!
 //! # Schema changes happen before the transaction
 //! Unlike Postgres, MySQL commits implicitly around DDL, so creating a table or adding a
@@ -423,8 +425,7 @@ impl Sink for MysqlSink {
                     .await
                     .map_err(|e| sqlx_error(format_args!("emptying {table} to restart the snapshot"), e))?;
             }
-            write_checkpoint(&mut conn, &env, pipeline, checkpoint).await?;
-            commit(&mut conn, "committing the snapshot reset").await
+            commit_with_checkpoint(&mut conn, &env, pipeline, checkpoint, "resetting the snapshot").await
         }
         .await;
         self.finish(conn, result).await
@@ -463,8 +464,7 @@ impl Sink for MysqlSink {
                     .await
                     .map_err(|e| sqlx_error("recording copied tables", e))?;
             }
-            write_checkpoint(&mut conn, &env, pipeline, checkpoint).await?;
-            commit(&mut conn, "committing the snapshot's end").await
+            commit_with_checkpoint(&mut conn, &env, pipeline, checkpoint, "ending the snapshot").await
         }
         .await;
         self.finish(conn, result).await
@@ -482,8 +482,7 @@ impl Sink for MysqlSink {
                 report.rows_written += apply_table(&mut conn, &env, &self.state.targets, changes).await?;
             }
             write_dead_letters(&mut conn, &env, &batch.pipeline, &batch.dead_letters).await?;
-            write_checkpoint(&mut conn, &env, &batch.pipeline, &batch.checkpoint).await?;
-            commit(&mut conn, "committing the batch").await?;
+            commit_with_checkpoint(&mut conn, &env, &batch.pipeline, &batch.checkpoint, "committing the batch").await?;
             Ok(report)
         }
         .await;
@@ -506,8 +505,7 @@ impl Sink for MysqlSink {
             }
             report.dead_letters = (dead_letters.len() - batch.dead_letters.len()) as u64;
             write_dead_letters(&mut conn, &env, &batch.pipeline, &dead_letters).await?;
-            write_checkpoint(&mut conn, &env, &batch.pipeline, &batch.checkpoint).await?;
-            commit(&mut conn, "committing the batch").await?;
+            commit_with_checkpoint(&mut conn, &env, &batch.pipeline, &batch.checkpoint, "committing the batch").await?;
             Ok(report)
         }
         .await;
@@ -559,8 +557,8 @@ impl Sink for MysqlSink {
             )
             .await?;
             let env = Env { facts, bookkeeping: &self.bookkeeping };
-            write_checkpoint(&mut conn, &env, &last.pipeline, &last.checkpoint).await?;
-            commit(&mut conn, "committing the transaction").await?;
+            commit_with_checkpoint(&mut conn, &env, &last.pipeline, &last.checkpoint, "committing the transaction")
+                .await?;
             Ok(report)
         }
         .await;
@@ -684,10 +682,6 @@ async fn begin(conn: &mut MySqlConnection) -> Result<(), ConnectorError> {
     exec_raw(conn, "START TRANSACTION").await.map_err(|e| sqlx_error("starting a target transaction", e))
 }
 
-async fn commit(conn: &mut MySqlConnection, what: &str) -> Result<(), ConnectorError> {
-    exec_raw(conn, "COMMIT").await.map_err(|e| sqlx_error(what, e))
-}
-
 async fn savepoint(conn: &mut MySqlConnection, sql: &str) -> Result<(), ConnectorError> {
     exec_raw(conn, sql).await.map_err(|e| sqlx_error(format_args!("`{sql}`"), e))
 }
@@ -729,27 +723,30 @@ fn opt_u32(row: &MySqlRow, i: usize) -> Result<Option<u32>, ConnectorError> {
     Ok(n.and_then(|n| u32::try_from(n).ok()))
 }
 
-async fn write_checkpoint(
+/// Writes the checkpoint and commits, in one round trip: both statements go as one text
+/// query, the values as literals (the session's `NO_BACKSLASH_ESCAPES` makes doubling
+/// quotes the whole escaping). The server stops at the first statement that fails, so a
+/// transaction whose checkpoint cannot be written is not committed.
+async fn commit_with_checkpoint(
     conn: &mut MySqlConnection,
     env: &Env<'_>,
     pipeline: &str,
     checkpoint: &Checkpoint,
+    what: &str,
 ) -> Result<(), ConnectorError> {
-    // Values bound twice rather than VALUES()/row alias: the same text on every flavour.
+    let pipeline = Bind::Text(pipeline.into()).literal();
+    let position = Bind::Text(checkpoint.position.as_str().into()).literal();
+    let complete = Bind::Bool(checkpoint.snapshot_complete).literal();
+    // The same text on every flavour (no VALUES() or row alias).
     let sql = format!(
         "INSERT INTO {}.tidewater_checkpoints (pipeline, source_position, snapshot_complete, updated_at) \
-         VALUES (?, ?, ?, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE \
-         source_position = ?, snapshot_complete = ?, updated_at = UTC_TIMESTAMP(6)",
+         VALUES ({pipeline}, {position}, {complete}, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE \
+         source_position = {position}, snapshot_complete = {complete}, updated_at = UTC_TIMESTAMP(6); COMMIT",
         env.bookkeeping
     );
-    let q = sqlx::query(&sql)
-        .bind(pipeline)
-        .bind(&checkpoint.position)
-        .bind(checkpoint.snapshot_complete)
-        .bind(&checkpoint.position)
-        .bind(checkpoint.snapshot_complete);
-    run_exec(q, conn).await.map_err(|e| sqlx_error("writing the checkpoint", e))?;
-    Ok(())
+    exec_raw(conn, &sql)
+        .await
+        .map_err(|e| sqlx_error(format_args!("{what} (writing its checkpoint and committing)"), e))
 }
 
 async fn write_dead_letters(
@@ -952,29 +949,39 @@ fn check_row_size(changes: &TableChanges, env: &Env<'_>, binds: &[Bind<'_>]) -> 
     Ok(size)
 }
 
-/// Runs rows of `width` binds each (`binds` holds them row after row) in multi-row
-/// statements made by `make_sql(rows)`.
+/// How [`run_chunked`] makes a table's multi-row statements.
+struct MultiRow<F: Fn(usize) -> String> {
+    /// Binds per row.
+    width: usize,
+    /// The statement text for n rows.
+    sql: F,
+    /// What the statements do, for errors ("deleting from").
+    what: &'static str,
+    /// A row sent twice in one statement changes nothing (see [`sql::plan_chunks`]).
+    pad: bool,
+}
+
+/// Runs rows (`binds` holds them row after row, `how.width` each) in multi-row statements.
 async fn run_chunked(
     conn: &mut MySqlConnection,
     env: &Env<'_>,
     changes: &TableChanges,
     binds: &[Bind<'_>],
-    width: usize,
-    make_sql: impl Fn(usize) -> String,
-    what: &str,
+    how: MultiRow<impl Fn(usize) -> String>,
 ) -> Result<u64, ConnectorError> {
+    let width = how.width;
     let sizes = binds.chunks(width).map(|row| check_row_size(changes, env, row)).collect::<Result<Vec<_>, _>>()?;
-    let mut start = 0;
     // Chunk sizes repeat (1024, 1024, ..., 512, ...): each statement text is built once.
     let mut statement = (0, String::new());
-    for n in sql::plan_chunks(&sizes, width, env.statement_budget()) {
-        if statement.0 != n {
-            statement = (n, make_sql(n));
+    for chunk in sql::plan_chunks(&sizes, width, env.statement_budget(), how.pad) {
+        if statement.0 != chunk.size {
+            statement = (chunk.size, (how.sql)(chunk.size));
         }
-        exec(conn, &statement.1, &binds[start * width..(start + n) * width])
+        let rows = &binds[chunk.start * width..(chunk.start + chunk.rows) * width];
+        let filler = rows[rows.len() - width..].iter().cycle().take((chunk.size - chunk.rows) * width);
+        exec(conn, &statement.1, rows.iter().chain(filler))
             .await
-            .map_err(|e| sqlx_error(format_args!("{what} {}", changes.target), e))?;
-        start += n;
+            .map_err(|e| sqlx_error(format_args!("{} {}", how.what, changes.target), e))?;
     }
     Ok(sizes.len() as u64)
 }
@@ -992,7 +999,8 @@ async fn delete_rows(
         .flat_map(|row| key.iter().map(move |&k| (k, row.get(k).unwrap_or(&Value::Null))))
         .map(|(k, v)| bind(changes, p, k, v))
         .collect::<Result<Vec<Bind>, _>>()?;
-    run_chunked(conn, env, changes, &binds, key.len(), |n| sql::delete_sql(&p.sql, n), "deleting from").await
+    let how = MultiRow { width: key.len(), sql: |n| sql::delete_sql(&p.sql, n), what: "deleting from", pad: true };
+    run_chunked(conn, env, changes, &binds, how).await
 }
 
 async fn upsert_rows(
@@ -1013,16 +1021,14 @@ async fn upsert_rows(
             .map(|(i, v)| bind(changes, p, i, v))
             .collect::<Result<Vec<Bind>, _>>()?;
         let server = env.facts.server;
-        written += run_chunked(
-            conn,
-            env,
-            changes,
-            &binds,
-            schema.columns.len(),
-            |n| sql::upsert_sql(&server, &p.sql, n),
-            "upserting into",
-        )
-        .await?;
+        let how = MultiRow {
+            width: schema.columns.len(),
+            sql: |n| sql::upsert_sql(&server, &p.sql, n),
+            what: "upserting into",
+            // (A repeated row would fire the target's triggers twice.)
+            pad: false,
+        };
+        written += run_chunked(conn, env, changes, &binds, how).await?;
     }
     // Rows with unchanged TOAST columns update the columns that were sent, one by one.
     for row in partial {
@@ -1109,8 +1115,9 @@ async fn apply_part_in_open_transaction(
         }
     }
     match failure {
+        // (No RELEASE: the next part's SAVEPOINT of the same name replaces this one, and
+        // the commit ends it; that is a round trip per part less.)
         None => {
-            savepoint(conn, "RELEASE SAVEPOINT tidewater_part").await?;
             write_dead_letters(conn, &env, &part.pipeline, &part.dead_letters).await?;
             Ok(report)
         }
