@@ -723,10 +723,11 @@ fn opt_u32(row: &MySqlRow, i: usize) -> Result<Option<u32>, ConnectorError> {
     Ok(n.and_then(|n| u32::try_from(n).ok()))
 }
 
-/// Writes the checkpoint and commits, in one round trip: both statements go as one text
-/// query, the values as literals (the session's `NO_BACKSLASH_ESCAPES` makes doubling
-/// quotes the whole escaping). The server stops at the first statement that fails, so a
-/// transaction whose checkpoint cannot be written is not committed.
+async fn commit(conn: &mut MySqlConnection, what: &str) -> Result<(), ConnectorError> {
+    exec_raw(conn, "COMMIT").await.map_err(|e| sqlx_error(what, e))
+}
+
+/// Writes the checkpoint (values bound) and commits.
 async fn commit_with_checkpoint(
     conn: &mut MySqlConnection,
     env: &Env<'_>,
@@ -734,19 +735,21 @@ async fn commit_with_checkpoint(
     checkpoint: &Checkpoint,
     what: &str,
 ) -> Result<(), ConnectorError> {
-    let pipeline = Bind::Text(pipeline.into()).literal();
-    let position = Bind::Text(checkpoint.position.as_str().into()).literal();
-    let complete = Bind::Bool(checkpoint.snapshot_complete).literal();
-    // The same text on every flavour (no VALUES() or row alias).
+    // Values bound twice rather than VALUES()/row alias: the same text on every flavour.
     let sql = format!(
         "INSERT INTO {}.tidewater_checkpoints (pipeline, source_position, snapshot_complete, updated_at) \
-         VALUES ({pipeline}, {position}, {complete}, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE \
-         source_position = {position}, snapshot_complete = {complete}, updated_at = UTC_TIMESTAMP(6); COMMIT",
+         VALUES (?, ?, ?, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE \
+         source_position = ?, snapshot_complete = ?, updated_at = UTC_TIMESTAMP(6)",
         env.bookkeeping
     );
-    exec_raw(conn, &sql)
-        .await
-        .map_err(|e| sqlx_error(format_args!("{what} (writing its checkpoint and committing)"), e))
+    let q = sqlx::query(&sql)
+        .bind(pipeline)
+        .bind(&checkpoint.position)
+        .bind(checkpoint.snapshot_complete)
+        .bind(&checkpoint.position)
+        .bind(checkpoint.snapshot_complete);
+    run_exec(q, &mut *conn).await.map_err(|e| sqlx_error(format_args!("{what} (writing its checkpoint)"), e))?;
+    commit(conn, what).await
 }
 
 async fn write_dead_letters(
