@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use tidewater_sqlite::sqlx::{self, Connection, Row};
-use tokio::sync::watch;
 
 use crate::support::mysql::{fresh_mysql_db, mysql_source, mysql_target, MyServer, MYSQL_PASSWORD};
-use crate::support::{fresh_db, pg_target, wait_for, PgServer, REPLICATOR_PASSWORD, REPLICATOR_USER};
+use crate::support::{fresh_db, pg_target, wait_for, InProcess, PgServer, REPLICATOR_PASSWORD, REPLICATOR_USER};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -101,22 +100,6 @@ struct E2e {
     tables: Vec<&'static str>,
 }
 
-struct Running {
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<anyhow::Result<Vec<tidewater::engine::Outcome>>>,
-}
-
-impl Running {
-    async fn stop(self) -> Vec<tidewater::engine::Outcome> {
-        let _ = self.stop.send(true);
-        tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("daemon stops within 30 s")
-            .expect("daemon task joins")
-            .expect("daemon ran")
-    }
-}
-
 impl E2e {
     async fn new(prefix: &str, setup_sql: &str, tables: &[&'static str], dsts: Vec<Dst>) -> E2e {
         let source = mysql_source().await;
@@ -188,11 +171,8 @@ max_batch_delay_ms = 20
         text
     }
 
-    fn start(&self) -> Running {
-        let _ = tracing_subscriber::fmt().with_env_filter("info").with_test_writer().try_init();
-        let cfg = tidewater::config::parse(&self.config_text()).expect("test config is valid");
-        let (stop, rx) = watch::channel(false);
-        Running { stop, task: tokio::spawn(tidewater::run(cfg, rx)) }
+    fn start(&self) -> InProcess {
+        InProcess::start(&self.config_text())
     }
 
     async fn statuses(&self) -> Option<Vec<serde_json::Value>> {

@@ -16,6 +16,7 @@ use tidewater_mysql::{MysqlSource, MysqlSourceConfig};
 use tokio::sync::{mpsc, watch};
 
 use crate::support::mysql::{fresh_mysql_db, mysql_source, MyServer, MYSQL_PASSWORD, MYSQL_USER};
+use crate::support::InProcess;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -568,22 +569,6 @@ pub enum Target {
     My(&'static MyServer, String),
 }
 
-pub struct Running {
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<anyhow::Result<Vec<tidewater::engine::Outcome>>>,
-}
-
-impl Running {
-    pub async fn stop(self) -> Vec<tidewater::engine::Outcome> {
-        let _ = self.stop.send(true);
-        tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("daemon stops within 30 s")
-            .expect("daemon task joins")
-            .expect("daemon ran")
-    }
-}
-
 impl MyPipeline {
     pub async fn new(prefix: &str, setup_sql: &str, pg_target: bool) -> MyPipeline {
         let source = mysql_source().await;
@@ -662,11 +647,8 @@ max_batch_delay_ms = 20
         )
     }
 
-    pub fn start(&self) -> Running {
-        let _ = tracing_subscriber::fmt().with_env_filter("info").with_test_writer().try_init();
-        let cfg = tidewater::config::parse(&self.config_text()).expect("test config is valid");
-        let (stop, rx) = watch::channel(false);
-        Running { stop, task: tokio::spawn(tidewater::run(cfg, rx)) }
+    pub fn start(&self) -> InProcess {
+        InProcess::start(&self.config_text())
     }
 
     pub async fn source_conn(&self) -> mysql_async::Conn {

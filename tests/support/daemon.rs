@@ -37,6 +37,16 @@ pub struct InProcess {
 }
 
 impl InProcess {
+    /// Runs the daemon in-process with the configuration `config_text`.
+    pub fn start(config_text: &str) -> InProcess {
+        // Daemon logs go to the test's captured output (shown when a test fails).
+        let _ = tracing_subscriber::fmt().with_env_filter("info").with_test_writer().try_init();
+        let cfg = tidewater::config::parse(config_text).expect("test config is valid");
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(tidewater::run(cfg, rx));
+        InProcess { stop, task }
+    }
+
     /// Stops the daemon; panics if it had failed to start.
     pub async fn stop(self) -> Vec<tidewater::engine::Outcome> {
         let _ = self.stop.send(true);
@@ -136,12 +146,7 @@ max_batch_delay_ms = 20
     }
 
     pub fn start(&self) -> InProcess {
-        // Daemon logs go to the test's captured output (shown when a test fails).
-        let _ = tracing_subscriber::fmt().with_env_filter("info").with_test_writer().try_init();
-        let cfg = tidewater::config::parse(&self.config_text()).expect("test config is valid");
-        let (stop, rx) = watch::channel(false);
-        let task = tokio::spawn(tidewater::run(cfg, rx));
-        InProcess { stop, task }
+        InProcess::start(&self.config_text())
     }
 
     /// The daemon as a separate process (for kill -9).

@@ -9,7 +9,7 @@ pub mod pg;
 pub mod proxy;
 
 #[allow(unused_imports)]
-pub use daemon::TestPipeline;
+pub use daemon::{InProcess, TestPipeline};
 
 // Not every test binary uses every helper.
 #[allow(unused_imports)]
