@@ -48,9 +48,11 @@
 #   2. the same backlog (1 big insert transaction + small transactions by a procedure).
 #      end = SHOW MASTER STATUS + @@gtid_binlog_pos.
 #   3. native: START SLAVE, timed until MASTER_GTID_WAIT(end gtid) on the replica returns;
-#      tidewater (each pipeline alone): daemon start, timed until /status applied_position
-#      reaches the end file:pos (polled every 10 ms over bash's /dev/tcp: no process is
-#      started per poll, so the poll neither lags nor loads the machine).
+#      tidewater (each pipeline alone): daemon start, timed until a routine inside its
+#      target (procedure / plpgsql function `tidewater_wait`, checking every 5 ms) sees the
+#      pipeline's checkpoint row at or past the end file:pos. Both waits run inside the
+#      server that is waited for: nothing is polled from outside, nothing loads the machine.
+#      /status applied_position is checked against the end position afterwards.
 #   4. verify: count, sum(id), sum(a) and md5 of the rows (id,a,b,c) dumped in id order,
 #      source vs replica vs tidewater MariaDB target vs PostgreSQL target.
 # Extra environment: MARIADBD, MY_OS_USER (mysql), MY_BUFFER_POOL (256M).
@@ -302,25 +304,53 @@ password_file = \"$PW_FILE\""
     my_sql $REP -e "STOP SLAVE"
     tw_log "native: ${NATIVE_S}s"
 
-    # Polling without starting a process per poll (curl + jq every 50 ms would cost more
-    # CPU than the poll is worth and add up to ~100 ms to a drain of ~2 s):
-    # applied_position_now sets APPLIED to /status's applied_position, read over bash's
-    # /dev/tcp (HTTP/1.0: the daemon closes the connection after the answer); pause_10ms
-    # waits on a FIFO nobody writes to.
-    APPLIED=""
+    # Waiting for tidewater the way the native side waits (MASTER_GTID_WAIT runs inside the
+    # replica): a routine inside each tidewater target waits, checking every 5 ms, until the
+    # pipeline's checkpoint row (committed in the same target transaction as the rows it
+    # covers) is at or past END_FILE:END_POS, for at most 1 s per call. No process is started
+    # per check and nothing polls the daemon, so the wait neither lags nor loads the machine.
+    # The routines print 1 when the position is reached, 0 on timeout.
+    my_sql $TGT bench <<'SQL'
+DELIMITER //
+CREATE PROCEDURE tidewater_wait(p VARCHAR(191), want_file VARCHAR(255), want_pos BIGINT UNSIGNED, secs DOUBLE)
+BEGIN
+    DECLARE deadline DOUBLE DEFAULT UNIX_TIMESTAMP(SYSDATE(6)) + secs;
+    DECLARE done INT DEFAULT 0;
+    WHILE done = 0 AND UNIX_TIMESTAMP(SYSDATE(6)) < deadline DO
+        SELECT COUNT(*) INTO done FROM tidewater_checkpoints
+        WHERE pipeline = p
+          AND (SUBSTRING_INDEX(source_position, ':', 1) > want_file
+               OR (SUBSTRING_INDEX(source_position, ':', 1) = want_file
+                   AND CAST(SUBSTRING_INDEX(SUBSTRING_INDEX(source_position, ' ', 1), ':', -1) AS UNSIGNED) >= want_pos));
+        IF done = 0 THEN DO SLEEP(0.005); END IF;
+    END WHILE;
+    SELECT done;
+END//
+DELIMITER ;
+SQL
+    pg_psql target bench_tidewater -c "CREATE FUNCTION tidewater_wait(p text, want_file text, want_pos bigint, secs float8)
+        RETURNS int LANGUAGE plpgsql AS \$f\$
+        DECLARE deadline timestamptz := clock_timestamp() + secs * interval '1 second';
+        BEGIN
+            LOOP
+                -- (READ COMMITTED: each query sees what was committed before it started)
+                IF EXISTS (SELECT 1 FROM public.tidewater_checkpoints
+                           WHERE pipeline = p
+                             AND (split_part(source_position, ':', 1) > want_file
+                                  OR (split_part(source_position, ':', 1) = want_file
+                                      AND split_part(split_part(source_position, ' ', 1), ':', 2)::bigint >= want_pos))) THEN
+                    RETURN 1;
+                END IF;
+                IF clock_timestamp() >= deadline THEN RETURN 0; END IF;
+                PERFORM pg_sleep(0.005);
+            END LOOP;
+        END \$f\$" >/dev/null
+    wait_my() { my_sql $TGT bench -e "CALL tidewater_wait('bench_my', '$END_FILE', $END_POS, 1)"; }
+    wait_pg() { pg_psql target bench_tidewater -c "SELECT tidewater_wait('bench_pg', '$END_FILE', $END_POS, 1)"; }
+    # applied_position now, from /status (for the report; not used for timing).
     applied_position_now() {
-        local response=""
-        APPLIED=""
-        { exec 9<>"/dev/tcp/127.0.0.1/$STATUS_PORT"; } 2>/dev/null || return 1
-        printf 'GET /status HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&9
-        IFS= read -r -d '' -t 2 response <&9 || true
-        exec 9<&-
-        [[ "$response" =~ \"applied_position\":\"([^\"]*)\" ]] || return 1
-        APPLIED="${BASH_REMATCH[1]}"
+        APPLIED="$(tw_status_field "$STATUS_PORT" '.pipelines[0].applied_position' 2>/dev/null || true)"
     }
-    mkfifo "$TW_WORK/never"
-    exec 8<>"$TW_WORK/never"
-    pause_10ms() { read -r -t 0.01 -u 8 _ || true; }
 
     # reached POSITION: applied_position "FILE:POS gtid=..." is at or past END_FILE:END_POS
     reached() {
@@ -333,31 +363,30 @@ password_file = \"$PW_FILE\""
         [[ "$file" > "$END_FILE" ]] && return 0
         [[ "$file" == "$END_FILE" && "$pos" -ge "$END_POS" ]]
     }
-    # drain_tw CONFIG LABEL: sets TW_S, TW_HWM_KIB, TW_CPU_S, TW_EVENTS, TW_STATE, TW_POS
+    # drain_tw CONFIG LABEL FINGERPRINT WAIT: sets TW_S, TW_HWM_KIB, TW_CPU_S, TW_EVENTS, TW_STATE, TW_POS
     drain_tw() {
         CONFIG="$1"
-        local label="$2" t0 t1 started=$SECONDS pos="" i=0 fp_cmd="$3"
-        tw_log "tidewater $label: starting the daemon; waiting for applied_position >= $END_FILE:$END_POS"
+        local label="$2" t0 started=$SECONDS fp_cmd="$3" wait_cmd="$4" r
+        tw_log "tidewater $label: starting the daemon; waiting for its checkpoint to reach $END_FILE:$END_POS"
         t0=$EPOCHREALTIME
         start_daemon
         while :; do
-            # (the status endpoint may not answer while the daemon starts: not an error)
-            applied_position_now || true
-            pos="$APPLIED"
-            reached "$pos" && break
+            # (before the daemon's first commit the routine just waits: not an error)
+            r="$($wait_cmd 2>/dev/null || true)"
+            [[ "$r" == 1 ]] && break
             kill -0 "$DAEMON_PID" 2>/dev/null || daemon_failed "tidewater $label exited"
             if ((SECONDS - started > TIMEOUT)); then
-                daemon_failed "tidewater $label did not reach $END_FILE:$END_POS within ${TIMEOUT}s (applied_position: ${pos:-?})"
+                applied_position_now
+                daemon_failed "tidewater $label did not reach $END_FILE:$END_POS within ${TIMEOUT}s (applied_position: ${APPLIED:-?})"
             fi
-            i=$((i + 1))
-            if ((i % 100 == 0)); then
-                tw_log "  $label: applied_position ${pos:-?}, events $(tw_status_field "$STATUS_PORT" '.pipelines[0].events_applied_total' || true)"
-            fi
-            pause_10ms
+            applied_position_now
+            tw_log "  $label: applied_position ${APPLIED:-?}, events $(tw_status_field "$STATUS_PORT" '.pipelines[0].events_applied_total' || true)"
         done
         t1=$EPOCHREALTIME
         TW_S="$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}')"
-        TW_POS="$pos"
+        applied_position_now
+        TW_POS="$APPLIED"
+        reached "$TW_POS" || daemon_failed "tidewater $label: the checkpoint reached the end but /status says applied_position ${TW_POS:-?}"
         TW_FP="$($fp_cmd)"
         TW_HWM_KIB="$(tw_vm_hwm_kib "$DAEMON_PID")"
         TW_CPU_S="$(tw_cpu_seconds "$DAEMON_PID")"
@@ -366,7 +395,7 @@ password_file = \"$PW_FILE\""
         curl -fsS --max-time 2 "http://127.0.0.1:$STATUS_PORT/status" >"$TW_WORK/status-$label.json" 2>/dev/null || true
         stop_daemon
         TW_FP_AFTER="$($fp_cmd)"
-        tw_log "tidewater $label: ${TW_S}s (applied_position $pos)"
+        tw_log "tidewater $label: ${TW_S}s (applied_position $TW_POS)"
     }
     fp_tw_my() { fp_my $TGT; }
     PG_TABLE=""
@@ -379,9 +408,9 @@ password_file = \"$PW_FILE\""
     }
 
     local TW_S TW_POS TW_FP TW_FP_AFTER TW_HWM_KIB TW_CPU_S TW_EVENTS TW_STATE
-    drain_tw "$CONFIG_MY" mariadb fp_tw_my
+    drain_tw "$CONFIG_MY" mariadb fp_tw_my wait_my
     local MY_S="$TW_S" MY_POS="$TW_POS" MY_FP="$TW_FP" MY_FP_AFTER="$TW_FP_AFTER" MY_HWM="$TW_HWM_KIB" MY_CPU="$TW_CPU_S" MY_EV="$TW_EVENTS" MY_STATE="$TW_STATE"
-    drain_tw "$CONFIG_PG" postgres fp_tw_pg
+    drain_tw "$CONFIG_PG" postgres fp_tw_pg wait_pg
     local PGT_S="$TW_S" PGT_POS="$TW_POS" PGT_FP="$TW_FP" PGT_FP_AFTER="$TW_FP_AFTER" PGT_HWM="$TW_HWM_KIB" PGT_CPU="$TW_CPU_S" PGT_EV="$TW_EVENTS" PGT_STATE="$TW_STATE"
 
     # ------------------------------------------------------------------ verification

@@ -362,6 +362,49 @@ async fn values_mysql_cannot_hold_become_dead_letters_naming_the_column() {
     assert_eq!(sink.load_checkpoint("dl").await.unwrap().unwrap().position, "0/5");
 }
 
+/// Statements are converted and sent a block at a time, the next block while the target
+/// runs the current one: a value that cannot be converted in a later block, or a row the
+/// server rejects in a middle one, still fails the whole batch (nothing committed) and,
+/// isolating, dead-letters exactly those rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_rows_in_later_statements_fail_the_batch_and_are_isolated() {
+    let (mut sink, server, db) = new_sink("my_later").await;
+    let s = schema(
+        "later",
+        vec![
+            column("id", ColumnType::Int64),
+            column("v", ColumnType::Varchar(Some(4))),
+            column("f", ColumnType::Float64),
+        ],
+        vec![0],
+    );
+    sink.ensure_tables(&[plan(&s)]).await.unwrap();
+    let mut rows_in: Vec<_> =
+        (1..=3000).map(|i| vec![Value::Int(i), Value::Text(format!("{}", i % 1000)), Value::Float(0.5)]).collect();
+    rows_in[1500][1] = Value::Text("too long".into()); // id 1501: the server rejects it (2nd statement)
+    rows_in[2500][2] = Value::Float(f64::NAN); // id 2501: cannot be converted (3rd statement)
+    let mut b = batch("0/7", vec![upserts(&s, rows_in)]);
+    b.pipeline = "later".into();
+    let err = sink.apply(&b).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Event, "{err}");
+    assert!(err.message.contains("later"), "{err}");
+    assert_eq!(rows(server, &db, "SELECT COUNT(*) FROM later").await, ["0"], "nothing of the failed batch");
+    assert_eq!(sink.load_checkpoint("later").await.unwrap(), None);
+
+    let report = sink.apply_isolating(&b).await.unwrap();
+    assert_eq!(report.dead_letters, 2, "{report:?}");
+    assert_eq!(
+        rows(server, &db, "SELECT COUNT(*), SUM(id), MIN(id), MAX(id) FROM later").await,
+        [format!("2998|{}|1|3000", 3000 * 3001 / 2 - 1501 - 2501)]
+    );
+    let dead =
+        rows(server, &db, "SELECT JSON_VALUE(payload, '$.id'), error FROM tidewater_dead_letters ORDER BY id").await;
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert!(dead[0].starts_with("1501|") && dead[0].contains("Data too long for column 'v'"), "{}", dead[0]);
+    assert!(dead[1].starts_with("2501|") && dead[1].contains("column f: NaN cannot be stored"), "{}", dead[1]);
+    assert_eq!(sink.load_checkpoint("later").await.unwrap().unwrap().position, "0/7");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_and_large_rows_are_chunked_and_an_oversized_row_is_dead_lettered() {
     let (mut sink, server, db) = new_sink("my_chunks").await;

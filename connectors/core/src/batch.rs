@@ -46,7 +46,9 @@ struct Segment {
     schema: Arc<TableSchema>,
     target: TableId,
     truncate: bool,
-    index: HashMap<Vec<u8>, usize>,
+    /// Row by encoded key (foldhash: keys are hashed once per change, SipHash showed in
+    /// profiles; it is randomly seeded like SipHash).
+    index: HashMap<Vec<u8>, usize, foldhash::fast::RandomState>,
     rows: Vec<RowState>,
 }
 
@@ -163,7 +165,7 @@ impl<'a> BatchBuilder<'a> {
                     schema: schema.clone(),
                     target: Self::target_of(self.renames, &schema.id),
                     truncate: false,
-                    index: HashMap::new(),
+                    index: HashMap::default(),
                     rows: Vec::new(),
                 });
                 let i = self.segments.len() - 1;

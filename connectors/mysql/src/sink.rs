@@ -42,15 +42,16 @@
 
 mod scratch;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
-use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlRow};
-use sqlx::{ConnectOptions, Row};
+use sqlx::mysql::{MySqlArguments, MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlRow};
+use sqlx::{Arguments, ConnectOptions, Row};
 use tidewater_core::{
     ApplyBatch, ApplyReport, Checkpoint, ConnectorError, DeadLetter, ErrorClass, MovedRow, RowKind, Sink, TableChanges,
     TableId, TablePlan, TableSchema, Value, ROW_KINDS_IN_ORDER,
@@ -692,19 +693,11 @@ async fn exec<'q>(
     sql: &'q str,
     binds: impl IntoIterator<Item = &'q Bind<'q>>,
 ) -> Result<u64, sqlx::Error> {
-    let mut q = sqlx::query(sql);
+    let mut args = MySqlArguments::default();
     for b in binds {
-        q = match b {
-            Bind::Null => q.bind(None::<&str>),
-            Bind::Int(v) => q.bind(*v),
-            Bind::UInt(v) => q.bind(*v),
-            Bind::Float(v) => q.bind(*v),
-            Bind::Bool(v) => q.bind(*v),
-            Bind::Text(s) => q.bind(s.as_ref()),
-            Bind::Bytes(b) => q.bind(*b),
-        };
+        add_bind(&mut args, b).map_err(sqlx::Error::Encode)?;
     }
-    run_exec(q, conn).await
+    run_exec(sqlx::query_with(sql, args), conn).await
 }
 
 /// A text column (MySQL may flag catalog strings as binary, so they are read as bytes).
@@ -964,65 +957,139 @@ struct MultiRow<F: Fn(usize) -> String> {
     pad: bool,
 }
 
-/// Runs rows (`binds` holds them row after row, `how.width` each) in multi-row statements.
-async fn run_chunked(
+/// One multi-row statement, its parameters already encoded.
+struct Encoded {
+    /// Rows the statement text is made for.
+    size: usize,
+    args: MySqlArguments,
+}
+
+/// Runs rows `0..rows` in multi-row statements; `row_binds(i, out)` appends row `i`'s
+/// `how.width` binds. Pipelined: the rows are converted and encoded a block of one
+/// statement's worth at a time, the next block while the target runs the current
+/// statement, so the target does not wait for the conversion of a whole batch first nor
+/// for each statement's encoding. A conversion error ends the run after the statement in
+/// flight (the caller rolls back).
+async fn run_chunked<'v>(
     conn: &mut MySqlConnection,
     env: &Env<'_>,
     changes: &TableChanges,
-    binds: &[Bind<'_>],
+    rows: usize,
+    row_binds: impl Fn(usize, &mut Vec<Bind<'v>>) -> Result<(), ConnectorError> + Sync,
     how: MultiRow<impl Fn(usize) -> String>,
 ) -> Result<u64, ConnectorError> {
-    let width = how.width;
-    let sizes = binds.chunks(width).map(|row| check_row_size(changes, env, row)).collect::<Result<Vec<_>, _>>()?;
-    // Chunk sizes repeat (1024, 1024, ..., 512, ...): each statement text is built once.
-    let mut statement = (0, String::new());
-    for chunk in sql::plan_chunks(&sizes, width, env.statement_budget(), how.pad) {
-        if statement.0 != chunk.size {
-            statement = (chunk.size, (how.sql)(chunk.size));
+    let block = sql::max_rows_per_statement(how.width);
+    let mut blocks = (0..rows).step_by(block).map(|start| start..(start + block).min(rows));
+    let encode = |range: std::ops::Range<usize>| encode_block(env, changes, &how, range, &row_binds);
+    let mut queue = match blocks.next() {
+        Some(range) => encode(range)?,
+        None => return Ok(0),
+    };
+    // Statement texts by size (a handful of powers of two), built once per run.
+    let mut texts: Vec<(usize, Arc<str>)> = Vec::new();
+    while let Some(statement) = queue.pop_front() {
+        let text = match texts.iter().find(|(size, _)| *size == statement.size) {
+            Some((_, text)) => text.clone(),
+            None => {
+                let text: Arc<str> = (how.sql)(statement.size).into();
+                texts.push((statement.size, text.clone()));
+                text
+            }
+        };
+        let mut running = run_exec(sqlx::query_with(&text, statement.args), conn);
+        // The first poll sends the statement; the next block is encoded while it runs.
+        let polled = std::future::poll_fn(|cx| Poll::Ready(running.as_mut().poll(cx))).await;
+        let next = if queue.is_empty() { blocks.next().map(encode) } else { None };
+        let done = match polled {
+            Poll::Ready(result) => result,
+            Poll::Pending => running.await,
+        };
+        done.map_err(|e| sqlx_error(format_args!("{} {}", how.what, changes.target), e))?;
+        if let Some(next) = next {
+            queue = next?;
         }
+    }
+    Ok(rows as u64)
+}
+
+/// Converts and encodes rows `range` into statements (see [`sql::plan_chunks`]).
+fn encode_block<'v>(
+    env: &Env<'_>,
+    changes: &TableChanges,
+    how: &MultiRow<impl Fn(usize) -> String>,
+    range: std::ops::Range<usize>,
+    row_binds: &impl Fn(usize, &mut Vec<Bind<'v>>) -> Result<(), ConnectorError>,
+) -> Result<VecDeque<Encoded>, ConnectorError> {
+    let width = how.width;
+    let mut binds = Vec::with_capacity(range.len() * width);
+    for i in range {
+        row_binds(i, &mut binds)?;
+    }
+    let sizes = binds.chunks(width).map(|row| check_row_size(changes, env, row)).collect::<Result<Vec<_>, _>>()?;
+    let mut out = VecDeque::new();
+    for chunk in sql::plan_chunks(&sizes, width, env.statement_budget(), how.pad) {
         let rows = &binds[chunk.start * width..(chunk.start + chunk.rows) * width];
         let filler = rows[rows.len() - width..].iter().cycle().take((chunk.size - chunk.rows) * width);
-        exec(conn, &statement.1, rows.iter().chain(filler))
-            .await
-            .map_err(|e| sqlx_error(format_args!("{} {}", how.what, changes.target), e))?;
+        let bytes = sizes[chunk.start..chunk.start + chunk.rows].iter().sum::<usize>();
+        let mut args = MySqlArguments::default();
+        args.reserve(chunk.size * width, bytes);
+        for b in rows.iter().chain(filler) {
+            add_bind(&mut args, b)
+                .map_err(|e| ConnectorError::event(format!("{}: cannot encode a value: {e}", changes.target)))?;
+        }
+        out.push_back(Encoded { size: chunk.size, args });
     }
-    Ok(sizes.len() as u64)
+    Ok(out)
 }
 
-async fn delete_rows(
+fn add_bind(args: &mut MySqlArguments, b: &Bind<'_>) -> Result<(), sqlx::error::BoxDynError> {
+    match b {
+        Bind::Null => args.add(None::<&str>),
+        Bind::Int(v) => args.add(*v),
+        Bind::UInt(v) => args.add(*v),
+        Bind::Float(v) => args.add(*v),
+        Bind::Bool(v) => args.add(*v),
+        Bind::Text(s) => args.add(s.as_ref()),
+        Bind::Bytes(b) => args.add(*b),
+    }
+}
+
+async fn delete_rows<'v>(
     conn: &mut MySqlConnection,
     env: &Env<'_>,
     changes: &TableChanges,
     p: &Prepared<'_>,
-    rows: &[Vec<Value>],
+    rows: &'v [Vec<Value>],
 ) -> Result<u64, ConnectorError> {
     let key = &changes.schema.key;
-    let binds = rows
-        .iter()
-        .flat_map(|row| key.iter().map(move |&k| (k, row.get(k).unwrap_or(&Value::Null))))
-        .map(|(k, v)| bind(changes, p, k, v))
-        .collect::<Result<Vec<Bind>, _>>()?;
+    let row_binds = |i: usize, out: &mut Vec<Bind<'v>>| {
+        for &k in key {
+            out.push(bind(changes, p, k, rows[i].get(k).unwrap_or(&Value::Null))?);
+        }
+        Ok(())
+    };
     let how = MultiRow { width: key.len(), sql: |n| sql::delete_sql(&p.sql, n), what: "deleting from", pad: true };
-    run_chunked(conn, env, changes, &binds, how).await
+    run_chunked(conn, env, changes, rows.len(), row_binds, how).await
 }
 
-async fn upsert_rows(
+async fn upsert_rows<'v>(
     conn: &mut MySqlConnection,
     env: &Env<'_>,
     changes: &TableChanges,
     p: &Prepared<'_>,
-    rows: &[Vec<Value>],
+    rows: &'v [Vec<Value>],
 ) -> Result<u64, ConnectorError> {
     let schema = &changes.schema;
     let (full, partial): (Vec<&Vec<Value>>, Vec<&Vec<Value>>) =
         rows.iter().partition(|row| !row.iter().any(|v| matches!(v, Value::Unchanged)));
     let mut written = 0;
     if !full.is_empty() {
-        let binds = full
-            .iter()
-            .flat_map(|row| row.iter().enumerate())
-            .map(|(i, v)| bind(changes, p, i, v))
-            .collect::<Result<Vec<Bind>, _>>()?;
+        let row_binds = |i: usize, out: &mut Vec<Bind<'v>>| {
+            for (c, v) in full[i].iter().enumerate() {
+                out.push(bind(changes, p, c, v)?);
+            }
+            Ok(())
+        };
         let server = env.facts.server;
         let how = MultiRow {
             width: schema.columns.len(),
@@ -1031,7 +1098,7 @@ async fn upsert_rows(
             // (A repeated row would fire the target's triggers twice.)
             pad: false,
         };
-        written += run_chunked(conn, env, changes, &binds, how).await?;
+        written += run_chunked(conn, env, changes, full.len(), row_binds, how).await?;
     }
     // Rows with unchanged TOAST columns update the columns that were sent, one by one.
     for row in partial {

@@ -283,8 +283,7 @@ pub struct Chunk {
 /// of two, the last row repeated, instead of one statement per set bit of their count:
 /// fewer round trips for batches of any size.
 pub fn plan_chunks(row_bytes: &[usize], params_per_row: usize, byte_budget: usize, pad: bool) -> Vec<Chunk> {
-    let by_params = (MAX_PLACEHOLDERS / params_per_row.max(1)).clamp(1, MAX_ROWS_PER_STATEMENT);
-    let max_rows = prev_power_of_two(by_params);
+    let max_rows = max_rows_per_statement(params_per_row);
     let mut prefix = Vec::with_capacity(row_bytes.len() + 1);
     prefix.push(0usize);
     for b in row_bytes {
@@ -311,6 +310,12 @@ pub fn plan_chunks(row_bytes: &[usize], params_per_row: usize, byte_budget: usiz
         start += rows;
     }
     out
+}
+
+/// The most rows one statement of [`plan_chunks`] holds with `params_per_row` placeholders
+/// per row (a power of two).
+pub fn max_rows_per_statement(params_per_row: usize) -> usize {
+    prev_power_of_two((MAX_PLACEHOLDERS / params_per_row.max(1)).clamp(1, MAX_ROWS_PER_STATEMENT))
 }
 
 fn prev_power_of_two(n: usize) -> usize {
