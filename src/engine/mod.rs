@@ -449,6 +449,14 @@ struct Applied {
 
 /// The commit is durable: acknowledge it to the source and count it.
 fn record_applied(status: &PipelineStatus, acks: &watch::Sender<Option<String>>, applied: Applied) {
+    tracing::debug!(
+        position = %applied.position,
+        events = applied.events,
+        transactions = applied.transactions,
+        dead_letters = applied.dead_letters,
+        apply_ms = (applied.apply_seconds * 1000.0).round(),
+        "applied"
+    );
     let _ = acks.send(Some(applied.position.clone()));
     let mut f = status.figures();
     f.applied_position = Some(applied.position);
