@@ -4,7 +4,8 @@
 //! Connect the sink and read the pipeline's checkpoint; connect the source and resolve the
 //! tables; create or extend the target tables. Without a finished snapshot, take one (an
 //! unfinished one is thrown away: target tables emptied, snapshot redone). Then stream:
-//! the source task decodes into a bounded channel while the engine applies; each batch
+//! the source task decodes into a queue bounded by changes ([`queue`]) while the engine
+//! applies; each batch
 //! is whatever has accumulated (natural batching, capped by `max_batch_events` and
 //! `max_batch_delay_ms`), applied as one target transaction with its checkpoint, and only
 //! then acknowledged to the source.
@@ -31,9 +32,10 @@ use crate::connectors;
 use crate::status::{PipelineState, PipelineStatus};
 use tidewater_core::batch::BatchBuilder;
 
-/// Transactions buffered between the source reader and the engine: the backpressure
-/// bound. Memory is this many transactions (plus one batch being applied).
-const SOURCE_CHANNEL_CAPACITY: usize = 1024;
+mod queue;
+
+use queue::Queued;
+
 const SNAPSHOT_CHANNEL_CAPACITY: usize = 4;
 /// How often an idle stream loop wakes up to show it is alive (systemd watchdog).
 const IDLE_TICK: Duration = Duration::from_secs(1);
@@ -369,13 +371,14 @@ async fn stream(
     renames: &HashMap<TableId, TableId>,
     checkpoint: Checkpoint,
 ) -> Result<(), ConnectorError> {
-    let (items_tx, mut items) = mpsc::channel(SOURCE_CHANNEL_CAPACITY);
+    let (items_tx, from_source) = mpsc::channel(queue::SOURCE_CHANNEL_CAPACITY);
     let (acks, acks_rx) = watch::channel(None);
     let mut handle = StreamGuard(source.start_stream(&checkpoint, items_tx, acks_rx, status.progress.clone()).await?);
+    let (mut items, _pump) = queue::start(from_source, queue::changes_budget(cfg.max_batch_events));
     status.set_state(PipelineState::Streaming);
     let max_delay = Duration::from_millis(cfg.max_batch_delay_ms);
     // An item taken while batching that must start a batch of its own.
-    let mut carried: Option<SourceItem> = None;
+    let mut carried: Option<Queued> = None;
     loop {
         if *shutdown.borrow() {
             return Ok(());
@@ -402,24 +405,31 @@ async fn stream(
             f.source_seen_at = Some(SystemTime::now());
             f.source_lost_since = None;
         }
-        if let SourceItem::TransactionPart(part) = first {
-            let applied = apply_large(cfg, status, sink, renames, part, &mut items, &mut handle).await?;
-            record_applied(status, &acks, applied);
-            continue;
-        }
+        let first = match first {
+            Queued { item: SourceItem::TransactionPart(part), permit } => {
+                let applied = apply_large(cfg, status, sink, renames, part, &mut items, &mut handle).await?;
+                record_applied(status, &acks, applied);
+                drop(permit);
+                continue;
+            }
+            other => other,
+        };
         let mut batch = BatchBuilder::new(renames);
+        // The items' shares of the queue's budget, given back once their commit is durable.
+        let mut held = Vec::new();
         let started = Instant::now();
         let mut next = Some(first);
         // Natural batching: take what is already there, never wait for more.
-        while let Some(item) = next.take() {
+        while let Some(Queued { item, permit }) = next.take() {
             match item {
                 SourceItem::Transaction(tx) => batch.push_transaction(tx),
                 SourceItem::Heartbeat { position } => batch.push_heartbeat(position),
                 part @ SourceItem::TransactionPart(_) => {
-                    carried = Some(part);
+                    carried = Some(Queued { item: part, permit });
                     break;
                 }
             }
+            held.push(permit);
             if batch.events >= cfg.max_batch_events || started.elapsed() >= max_delay {
                 break;
             }
@@ -434,6 +444,7 @@ async fn stream(
         let position = apply.checkpoint.position.clone();
         let dead_letters = report.dead_letters;
         record_applied(status, &acks, Applied { position, events, transactions, dead_letters, apply_seconds });
+        drop(held);
     }
 }
 
@@ -505,7 +516,7 @@ async fn apply_large(
     sink: &mut dyn Sink,
     renames: &HashMap<TableId, TableId>,
     first: tidewater_core::TransactionPart,
-    items: &mut mpsc::Receiver<SourceItem>,
+    items: &mut mpsc::Receiver<Queued>,
     handle: &mut StreamGuard,
 ) -> Result<Applied, ConnectorError> {
     let isolate = cfg.on_error == OnError::DeadLetter;
@@ -560,12 +571,14 @@ enum Piece {
     End,
 }
 
+/// (A piece's share of the queue's budget is given back when it has been taken: the
+/// parts bound their own memory, and the final piece is applied right away.)
 async fn next_piece(
     pipeline: &str,
     renames: &Arc<HashMap<TableId, TableId>>,
-    items: &mut mpsc::Receiver<SourceItem>,
+    items: &mut mpsc::Receiver<Queued>,
 ) -> Result<Piece, ConnectorError> {
-    match items.recv().await {
+    match items.recv().await.map(|q| q.item) {
         None => Ok(Piece::End),
         Some(SourceItem::TransactionPart(part)) => {
             let (part, n, batch) = prepare_part(pipeline, renames, part).await?;
