@@ -4,11 +4,10 @@
 //! Connect the sink and read the pipeline's checkpoint; connect the source and resolve the
 //! tables; create or extend the target tables. Without a finished snapshot, take one (an
 //! unfinished one is thrown away: target tables emptied, snapshot redone). Then stream:
-//! the source task decodes into a queue bounded by changes ([`queue`]) while the engine
-//! applies; each batch
-//! is whatever has accumulated (natural batching, capped by `max_batch_events` and
-//! `max_batch_delay_ms`), applied as one target transaction with its checkpoint, and only
-//! then acknowledged to the source.
+//! the source task decodes into a queue bounded by changes ([`tidewater_core::queue`])
+//! while the engine applies; each batch is whatever has accumulated (natural batching,
+//! capped by `max_batch_events` and `max_batch_delay_ms`), applied as one target
+//! transaction with its checkpoint, and only then acknowledged to the source.
 //!
 //! # Errors
 //! A transient sink error retries the same batch with backoff while the source stream
@@ -32,9 +31,7 @@ use crate::connectors;
 use crate::status::{PipelineState, PipelineStatus};
 use tidewater_core::batch::BatchBuilder;
 
-mod queue;
-
-use queue::Queued;
+use tidewater_core::queue::{self, Queued};
 
 const SNAPSHOT_CHANNEL_CAPACITY: usize = 4;
 /// How often an idle stream loop wakes up to show it is alive (systemd watchdog).
@@ -371,10 +368,9 @@ async fn stream(
     renames: &HashMap<TableId, TableId>,
     checkpoint: Checkpoint,
 ) -> Result<(), ConnectorError> {
-    let (items_tx, from_source) = mpsc::channel(queue::SOURCE_CHANNEL_CAPACITY);
+    let (items_tx, mut items) = queue::source_queue(queue::changes_budget(cfg.max_batch_events));
     let (acks, acks_rx) = watch::channel(None);
     let mut handle = StreamGuard(source.start_stream(&checkpoint, items_tx, acks_rx, status.progress.clone()).await?);
-    let (mut items, _pump) = queue::start(from_source, queue::changes_budget(cfg.max_batch_events));
     status.set_state(PipelineState::Streaming);
     let max_delay = Duration::from_millis(cfg.max_batch_delay_ms);
     // An item taken while batching that must start a batch of its own.

@@ -53,7 +53,7 @@ async fn sql(conn: &mut mysql_async::Conn, statements: &str) {
 
 /// A running stream and what it hands on.
 struct Stream {
-    rx: mpsc::Receiver<SourceItem>,
+    rx: mpsc::Receiver<tidewater_core::queue::Queued>,
     _acks: watch::Sender<Option<String>>,
     handle: Option<StreamHandle>,
     progress: Arc<SourceProgress>,
@@ -69,7 +69,7 @@ impl Drop for Stream {
 
 impl Stream {
     async fn start(src: &mut MysqlSource, position: &str) -> Stream {
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, rx) = tidewater_core::queue::source_queue(0);
         let (acks, acks_rx) = watch::channel(None);
         let progress = Arc::new(SourceProgress::default());
         let cp = Checkpoint { position: position.to_string(), snapshot_complete: true };
@@ -79,7 +79,7 @@ impl Stream {
 
     async fn item(&mut self) -> SourceItem {
         match tokio::time::timeout(WAIT, self.rx.recv()).await {
-            Ok(Some(item)) => item,
+            Ok(Some(queued)) => queued.item,
             Ok(None) => {
                 let e = self.error().await;
                 panic!("the stream ended: {e}")
@@ -449,7 +449,7 @@ async fn purged_or_unknown_positions_fail_with_the_fix() {
         assert!(e.message.contains("tidewater_checkpoints"), "{e}");
     }
     let cp = Checkpoint { position: "0/1A2B3C".into(), snapshot_complete: true };
-    let (tx, _rx) = mpsc::channel(1);
+    let (tx, _rx) = tidewater_core::queue::source_queue(0);
     let (_acks, acks_rx) = watch::channel(None);
     let e = src.start_stream(&cp, tx, acks_rx, Arc::new(SourceProgress::default())).await.err().expect("refused");
     assert!(e.is_fatal() && e.message.contains("not a MySQL binlog position"), "{e}");

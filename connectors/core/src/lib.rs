@@ -9,6 +9,7 @@ pub mod batch;
 pub mod compare;
 pub mod error;
 pub mod event;
+pub mod queue;
 pub mod schema;
 pub mod traits;
 pub mod value;

@@ -102,7 +102,7 @@ pub trait Source: Send {
     async fn start_stream(
         &mut self,
         after: &Checkpoint,
-        out: tokio::sync::mpsc::Sender<SourceItem>,
+        out: crate::queue::SourceSender,
         acks: tokio::sync::watch::Receiver<Option<String>>,
         progress: Arc<SourceProgress>,
     ) -> Result<StreamHandle, ConnectorError>;

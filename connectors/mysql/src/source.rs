@@ -306,7 +306,7 @@ impl Source for MysqlSource {
     async fn start_stream(
         &mut self,
         after: &Checkpoint,
-        out: mpsc::Sender<SourceItem>,
+        out: tidewater_core::queue::SourceSender,
         acks: watch::Receiver<Option<String>>,
         progress: Arc<SourceProgress>,
     ) -> Result<StreamHandle, ConnectorError> {
@@ -623,7 +623,7 @@ struct Reader {
     server_id: u32,
     flavour: Flavour,
     stream: BinlogStream,
-    out: mpsc::Sender<SourceItem>,
+    out: tidewater_core::queue::SourceSender,
     catalog: Catalog,
     /// Where the stream was started; transactions at or before it are skipped.
     start: BinlogPosition,

@@ -431,7 +431,7 @@ impl Source for PgSource {
     async fn start_stream(
         &mut self,
         after: &Checkpoint,
-        out: mpsc::Sender<SourceItem>,
+        out: tidewater_core::queue::SourceSender,
         mut acks: watch::Receiver<Option<String>>,
         progress: Arc<SourceProgress>,
     ) -> Result<StreamHandle, ConnectorError> {
@@ -678,7 +678,7 @@ struct OpenTransaction {
 struct Reader {
     client: Arc<Client>,
     stream: crate::replication::ReplicationStream,
-    out: mpsc::Sender<SourceItem>,
+    out: tidewater_core::queue::SourceSender,
     start_lsn: u64,
     received: Arc<AtomicU64>,
     reply_now: Arc<Notify>,
