@@ -411,8 +411,10 @@ async fn stream(
             other => other,
         };
         let mut batch = BatchBuilder::new(renames);
-        // The items' shares of the queue's budget, given back once their commit is durable.
-        let mut held = Vec::new();
+        // The items' shares of the queue's budget, merged into one permit and given back
+        // at once when the commit is durable (one release wakes the source once, where a
+        // release per item would wake it per item).
+        let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
         let started = Instant::now();
         let mut next = Some(first);
         // Natural batching: take what is already there, never wait for more.
@@ -425,7 +427,10 @@ async fn stream(
                     break;
                 }
             }
-            held.push(permit);
+            match &mut held {
+                Some(all) => all.merge(permit),
+                None => held = Some(permit),
+            }
             if batch.events >= cfg.max_batch_events || started.elapsed() >= max_delay {
                 break;
             }
