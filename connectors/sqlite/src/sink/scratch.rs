@@ -90,11 +90,11 @@ impl SqliteSink {
     ) -> Result<TableId, ConnectorError> {
         let scratch = TableId::new(target.schema.clone(), scratch_name(target));
         self.drop_scratch_table(&scratch).await?;
-        let name = scratch_name(target);
+        let name = &scratch.name;
         let key = schema.key.iter().map(|&i| quote_ident(&schema.columns[i].name)).collect::<Vec<_>>();
         let sql = format!(
             "CREATE TEMP TABLE {s} AS SELECT * FROM main.{t} WHERE 0; CREATE UNIQUE INDEX temp.{i} ON {s} ({k})",
-            s = quote_ident(&name),
+            s = quote_ident(name),
             t = quote_ident(sqlite_table_name(target)),
             i = quote_ident(&format!("{name}_key")),
             k = key.join(", ")
