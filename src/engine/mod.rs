@@ -21,8 +21,8 @@ use std::time::{Duration, Instant, SystemTime};
 use backon::BackoffBuilder;
 use futures_util::future::Either;
 use tidewater_core::{
-    ApplyBatch, ApplyReport, Checkpoint, ConnectorError, ErrorClass, Sink, Source, SourceItem, TableChanges, TableId,
-    TablePlan, Transaction,
+    ApplyBatch, ApplyReport, Checkpoint, ConnectorError, CopiedTable, ErrorClass, Sink, Source, SourceItem,
+    TableChanges, TableId, TablePlan, Transaction,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -36,6 +36,8 @@ use tidewater_core::queue::{self, Queued};
 const SNAPSHOT_CHANNEL_CAPACITY: usize = 4;
 /// How often an idle stream loop wakes up to show it is alive (systemd watchdog).
 const IDLE_TICK: Duration = Duration::from_secs(1);
+/// Pause before a run restarted to follow the source's tables.
+const RESTART_PAUSE: Duration = Duration::from_millis(200);
 
 /// How a pipeline task ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +132,15 @@ pub async fn run_pipeline(
         // object): retrying is the safe reading.
         if error.class == ErrorClass::Fatal {
             return fail(&cfg, &status, error.to_string());
+        }
+        if error.restart {
+            tracing::info!(pipeline = %cfg.name, reason = %error, "restarting the pipeline to follow the source");
+            // A short pause keeps a source that keeps changing from spinning the loop.
+            if !sleep_alive(&status, RESTART_PAUSE, &mut shutdown).await {
+                status.set_state(PipelineState::Stopped);
+                return Outcome::Stopped;
+            }
+            continue;
         }
         // A run that made progress resets the backoff: the next failure is a new incident.
         if status.figures().transactions_applied_total > applied_before || started.elapsed() > Duration::from_secs(60) {
@@ -238,7 +249,7 @@ async fn run_once(
             SnapshotMode::Never => {
                 let position = source.begin_without_snapshot().await?;
                 let cp = Checkpoint { position, snapshot_complete: true };
-                let tables: Vec<TableId> = plans.iter().map(|p| p.source.id.clone()).collect();
+                let tables = with_parts(source.as_mut(), &plans, None).await?;
                 sink.complete_snapshot(&cfg.name, &tables, &cp).await?;
                 cp
             }
@@ -248,11 +259,36 @@ async fn run_once(
             }
         },
     };
+    // Tables copied after the stream's start position: their changes up to the copy are
+    // in the target already.
+    let starts = sink
+        .snapshotted_tables(&cfg.name)
+        .await?
+        .into_iter()
+        .filter_map(|c| c.position.map(|p| (c.table, p)))
+        .collect();
+    source.set_table_starts(starts);
     {
         let mut f = status.figures();
         f.applied_position = Some(checkpoint.position.clone());
     }
     stream(cfg, status, shutdown, source.as_mut(), sink.as_mut(), &renames, checkpoint).await
+}
+
+/// Every planned table and each of its parts (partitions), as copied at `position`.
+async fn with_parts(
+    source: &mut dyn Source,
+    plans: &[TablePlan],
+    position: Option<&str>,
+) -> Result<Vec<CopiedTable>, ConnectorError> {
+    let mut out = Vec::new();
+    for plan in plans {
+        out.push(CopiedTable::new(plan.source.id.clone(), position.map(str::to_string)));
+        for part in source.table_parts(&plan.source).await? {
+            out.push(CopiedTable::new(part, position.map(str::to_string)));
+        }
+    }
+    Ok(out)
 }
 
 /// Copies every table from a consistent snapshot; returns the checkpoint streaming
@@ -275,15 +311,17 @@ async fn snapshot(
     tracing::info!(pipeline = %cfg.name, position = %position, tables = plans.len(), "snapshot started");
     copy_tables(cfg, status, source, sink, plans.iter(), &pending).await?;
     let done = Checkpoint { position, snapshot_complete: true };
-    let copied: Vec<TableId> = plans.iter().map(|p| p.source.id.clone()).collect();
+    let copied = with_parts(source, plans, None).await?;
     sink.complete_snapshot(&cfg.name, &copied, &done).await?;
     tracing::info!(pipeline = %cfg.name, "snapshot complete");
     Ok(done)
 }
 
-/// Copies tables added to the configuration since the pipeline's snapshot. The source
-/// has already published them, so changes after the copy's snapshot also arrive in the
-/// stream, which resumes from the unchanged checkpoint and re-applies idempotently.
+/// Copies what the pipeline's snapshot did not cover: tables added to the configuration
+/// or created under a wildcard since, and partitions attached to a copied partitioned
+/// table since. The source has already published them, so their later changes also
+/// arrive in the stream, which resumes from the unchanged checkpoint; the copy's position
+/// is recorded so that the stream leaves out the changes the copy already holds.
 async fn backfill(
     cfg: &PipelineConfig,
     status: &PipelineStatus,
@@ -293,23 +331,45 @@ async fn backfill(
     checkpoint: &Checkpoint,
 ) -> Result<(), ConnectorError> {
     let copied = sink.snapshotted_tables(&cfg.name).await?;
-    let all: Vec<TableId> = plans.iter().map(|p| p.source.id.clone()).collect();
-    if copied.is_empty() {
-        // Recorded by a version that did not track copied tables: all were copied.
-        return sink.complete_snapshot(&cfg.name, &all, checkpoint).await;
+    let was_copied = |id: &TableId| copied.iter().any(|c| &c.table == id);
+    let new: Vec<&TablePlan> = plans.iter().filter(|p| !was_copied(&p.source.id)).collect();
+    // Partitions attached to tables copied before: their rows (they had rows before
+    // they were attached) go into the table's target.
+    let mut new_parts: Vec<TablePlan> = Vec::new();
+    for plan in plans.iter().filter(|p| was_copied(&p.source.id)) {
+        for part in source.table_parts(&plan.source).await? {
+            if !was_copied(&part) {
+                let mut schema = (*plan.source).clone();
+                schema.id = part;
+                new_parts.push(TablePlan { source: Arc::new(schema), target: plan.target.clone() });
+            }
+        }
     }
-    let new: Vec<&TablePlan> = plans.iter().filter(|p| !copied.contains(&p.source.id)).collect();
-    if new.is_empty() {
+    if new.is_empty() && new_parts.is_empty() {
         return Ok(());
     }
+    let mut position = None;
     if cfg.snapshot == SnapshotMode::Initial {
         status.set_state(PipelineState::Snapshotting);
-        tracing::info!(pipeline = %cfg.name, tables = new.len(), "copying tables added to the configuration");
+        tracing::info!(
+            pipeline = %cfg.name,
+            tables = new.len(),
+            partitions = new_parts.len(),
+            "copying tables and partitions the snapshot did not cover"
+        );
         source.begin_backfill().await?;
-        copy_tables(cfg, status, source, sink, new.iter().copied(), checkpoint).await?;
+        position = source.backfill_position();
+        // A table without a key cannot take a copy on top of an earlier, interrupted one.
+        let keyless: Vec<TableId> = new.iter().filter(|p| p.source.is_keyless()).map(|p| p.target.clone()).collect();
+        if !keyless.is_empty() {
+            sink.reset_for_snapshot(&cfg.name, &keyless, checkpoint).await?;
+        }
+        copy_tables(cfg, status, source, sink, new.iter().copied().chain(new_parts.iter()), checkpoint).await?;
     }
-    let ids: Vec<TableId> = new.iter().map(|p| p.source.id.clone()).collect();
-    sink.complete_snapshot(&cfg.name, &ids, checkpoint).await
+    let mut done =
+        with_parts(source, &new.iter().map(|p| (*p).clone()).collect::<Vec<_>>(), position.as_deref()).await?;
+    done.extend(new_parts.iter().map(|p| CopiedTable::new(p.source.id.clone(), position.clone())));
+    sink.complete_snapshot(&cfg.name, &done, checkpoint).await
 }
 
 /// Reads each table from the source's open snapshot and upserts it into the target in

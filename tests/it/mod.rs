@@ -9,6 +9,7 @@ mod pg_faults;
 mod pg_hostile;
 mod pg_ops;
 mod pg_sync;
+mod pg_tables;
 mod pg_tls;
 mod pg_types;
 mod sqlite_target;

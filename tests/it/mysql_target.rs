@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use tidewater_core::{
-    ApplyBatch, Checkpoint, Column, ColumnType, Engine, ErrorClass, MovedRow, Op, RowOrigin, Sink, TableChanges,
-    TableId, TablePlan, TableSchema, Value,
+    ApplyBatch, Checkpoint, Column, ColumnType, CopiedTable, Engine, ErrorClass, MovedRow, Op, RowOrigin, Sink,
+    TableChanges, TableId, TablePlan, TableSchema, Value,
 };
 use tidewater_mysql::sink::MysqlEndpoint;
 use tidewater_mysql::MysqlSink;
@@ -591,11 +591,18 @@ async fn snapshot_bookkeeping_and_connection_errors() {
     assert_eq!(sink.load_checkpoint("p").await.unwrap(), Some(pending));
     assert!(sink.snapshotted_tables("p").await.unwrap().is_empty());
     let done = Checkpoint { position: "0/100".into(), snapshot_complete: true };
-    sink.complete_snapshot("p", &[s.id.clone(), TableId::new("public", "other")], &done).await.unwrap();
-    sink.complete_snapshot("p", std::slice::from_ref(&s.id), &done).await.unwrap();
-    let mut copied = sink.snapshotted_tables("p").await.unwrap();
-    copied.sort();
-    assert_eq!(copied, [TableId::new("public", "items"), TableId::new("public", "other")]);
+    let copied = |t: TableId, p: Option<&str>| CopiedTable::new(t, p.map(str::to_string));
+    sink.complete_snapshot("p", &[copied(s.id.clone(), None), copied(TableId::new("public", "other"), None)], &done)
+        .await
+        .unwrap();
+    // Copied again later: the new position replaces the old.
+    sink.complete_snapshot("p", &[copied(s.id.clone(), Some("f:4"))], &done).await.unwrap();
+    let mut got = sink.snapshotted_tables("p").await.unwrap();
+    got.sort_by_key(|c| c.table.clone());
+    assert_eq!(
+        got,
+        [copied(TableId::new("public", "items"), Some("f:4")), copied(TableId::new("public", "other"), None)]
+    );
     assert_eq!(sink.load_checkpoint("p").await.unwrap(), Some(done));
 
     // Wrong password: fatal. Nothing listening: transient.

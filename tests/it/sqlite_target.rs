@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tidewater_core::{
-    ApplyBatch, Checkpoint, Column, ColumnType, DeadLetter, Engine, ErrorClass, MovedRow, Op, RowOrigin, Sink,
-    TableChanges, TableId, TablePlan, TableSchema, Value,
+    ApplyBatch, Checkpoint, Column, ColumnType, CopiedTable, DeadLetter, Engine, ErrorClass, MovedRow, Op, RowOrigin,
+    Sink, TableChanges, TableId, TablePlan, TableSchema, Value,
 };
 use tidewater_sqlite::sqlx::{self, Connection, Row};
 use tidewater_sqlite::SqliteSink;
@@ -365,8 +365,9 @@ async fn sink_snapshot_bookkeeping_and_schema_changes() {
     sink.apply(&chunk).await.unwrap();
     assert!(sink.snapshotted_tables("p").await.unwrap().is_empty());
     let done = Checkpoint { position: "0/5".into(), snapshot_complete: true };
-    sink.complete_snapshot("p", std::slice::from_ref(&s.id), &done).await.unwrap();
-    assert_eq!(sink.snapshotted_tables("p").await.unwrap(), vec![s.id.clone()]);
+    let copied = CopiedTable::new(s.id.clone(), Some("0/4".into()));
+    sink.complete_snapshot("p", std::slice::from_ref(&copied), &done).await.unwrap();
+    assert_eq!(sink.snapshotted_tables("p").await.unwrap(), vec![copied]);
     assert_eq!(sink.load_checkpoint("p").await.unwrap(), Some(done.clone()));
     // A restarted snapshot empties the tables and forgets what was copied.
     sink.reset_for_snapshot("p", std::slice::from_ref(&s.id), &pending).await.unwrap();

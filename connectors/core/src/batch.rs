@@ -27,6 +27,13 @@ enum RowState {
         row: Vec<Value>,
         origin: RowOrigin,
     },
+    /// A keyless table's row image (all its values) and how many copies of it the batch
+    /// adds (`net > 0`) or removes (`net < 0`).
+    Count {
+        row: Vec<Value>,
+        net: i64,
+        origin: RowOrigin,
+    },
 }
 
 fn has_unchanged(row: &[Value]) -> bool {
@@ -78,6 +85,7 @@ impl Segment {
                 fill_unchanged(&mut row, prev);
                 RowState::Upsert(row, origin)
             }
+            Some(RowState::Count { .. }) => RowState::Upsert(row, origin),
             Some(RowState::Move { from, row: prev, .. }) => {
                 fill_unchanged(&mut row, prev);
                 if has_unchanged(&row) {
@@ -95,6 +103,22 @@ impl Segment {
 
     fn state(&self, key: &[u8]) -> Option<&RowState> {
         self.index.get(key).map(|&i| &self.rows[i])
+    }
+
+    /// Adds `delta` copies of the keyless row image `row` (encoded as `key`).
+    fn count(&mut self, key: &[u8], row: Vec<Value>, delta: i64, origin: RowOrigin) {
+        match self.index.get(key) {
+            Some(&i) => {
+                if let RowState::Count { net, origin: o, .. } = &mut self.rows[i] {
+                    *net += delta;
+                    *o = origin;
+                }
+            }
+            None => {
+                self.index.insert(key.to_vec(), self.rows.len());
+                self.rows.push(RowState::Count { row, net: delta, origin });
+            }
+        }
     }
 }
 
@@ -187,6 +211,41 @@ impl<'a> BatchBuilder<'a> {
                 row.get(i).unwrap_or(&Value::Null).encode_key(out);
             }
         };
+        if table.is_keyless() {
+            // Rows are a multiset of images: each change adds or removes one copy. The
+            // source only removes copies that exist, so applying the net count per image
+            // (removals, then additions) leaves the same multiset as every event in order.
+            let image = |row: &[Value], out: &mut Vec<u8>| {
+                out.clear();
+                for v in row {
+                    v.encode_key(out);
+                }
+            };
+            match op {
+                Op::Truncate => {
+                    segment.rows.clear();
+                    segment.index.clear();
+                    segment.truncate = true;
+                }
+                Op::Insert | Op::Update | Op::Delete => {
+                    if let Some(before) = &before {
+                        if op != Op::Insert {
+                            image(before, &mut key);
+                            segment.count(&key, before.clone(), -1, origin);
+                        }
+                    }
+                    if let Some(mut after) = after.filter(|_| op != Op::Delete) {
+                        if let Some(before) = &before {
+                            fill_unchanged(&mut after, before);
+                        }
+                        image(&after, &mut key);
+                        segment.count(&key, after, 1, origin);
+                    }
+                }
+            }
+            self.key_buf = key;
+            return;
+        }
         match op {
             Op::Truncate => {
                 // Everything this segment held for the table is wiped by the truncate.
@@ -244,6 +303,17 @@ impl<'a> BatchBuilder<'a> {
                         RowState::Move { from, row, origin } => {
                             changes.moves.push(MovedRow { from, row });
                             changes.move_origins.push(origin);
+                        }
+                        RowState::Count { row, net, origin } => {
+                            let (rows, origins) = if net < 0 {
+                                (&mut changes.deletes, &mut changes.delete_origins)
+                            } else {
+                                (&mut changes.upserts, &mut changes.upsert_origins)
+                            };
+                            for _ in 0..net.unsigned_abs() {
+                                rows.push(row.clone());
+                                origins.push(origin);
+                            }
                         }
                     }
                 }
@@ -357,6 +427,39 @@ mod tests {
         let batch = b.finish("p", vec![], true);
         assert!(batch.tables[0].moves.is_empty());
         assert_eq!(batch.tables[0].upserts, vec![row([9, 1, 500])]);
+    }
+
+    #[test]
+    fn keyless_rows_coalesce_to_net_copies_per_image() {
+        let mut s = (*schema()).clone();
+        s.key.clear();
+        let s = Arc::new(s);
+        let renames = HashMap::new();
+        let mut b = BatchBuilder::new(&renames);
+        // Two equal rows inserted, one of them updated, then a pre-existing row deleted
+        // twice (two copies existed) and a row inserted and deleted again.
+        b.push_transaction(tx(
+            "0/1",
+            vec![
+                ev(&s, Op::Insert, None, Some(row([1, 1, 1]))),
+                ev(&s, Op::Insert, None, Some(row([1, 1, 1]))),
+                ev(&s, Op::Update, Some([1, 1, 1]), Some(vec![Value::Int(1), Value::Int(2), Value::Unchanged])),
+                ev(&s, Op::Delete, Some([7, 7, 7]), None),
+                ev(&s, Op::Delete, Some([7, 7, 7]), None),
+                ev(&s, Op::Insert, None, Some(row([3, 3, 3]))),
+                ev(&s, Op::Delete, Some([3, 3, 3]), None),
+            ],
+        ));
+        let batch = b.finish("p", vec![], true);
+        let t = &batch.tables[0];
+        let mut upserts = t.upserts.clone();
+        upserts.sort_by_key(|r| format!("{r:?}"));
+        assert_eq!(
+            upserts,
+            vec![row([1, 1, 1]), row([1, 2, 1])],
+            "one copy stays, the updated one has its filled value"
+        );
+        assert_eq!(t.deletes, vec![row([7, 7, 7]), row([7, 7, 7])], "two copies removed");
     }
 
     #[test]

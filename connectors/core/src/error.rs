@@ -24,6 +24,10 @@ pub struct ConnectorError {
     /// The engine's code is in no classification table: retried as `Transient`, but the
     /// engine gives up after `retry.unknown_max_attempts` such failures in a row.
     pub unclassified: bool,
+    /// Not a failure: the source's set of tables changed (a table created under a
+    /// wildcard, a partition attached). The engine starts the run again at once, which
+    /// picks the change up (publication, copy of the new rows), without backoff.
+    pub restart: bool,
 }
 
 impl fmt::Display for ConnectorError {
@@ -37,7 +41,7 @@ impl fmt::Display for ConnectorError {
 
 impl ConnectorError {
     pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
-        ConnectorError { class, message: message.into(), code: None, unclassified: false }
+        ConnectorError { class, message: message.into(), code: None, unclassified: false, restart: false }
     }
     /// An error classified by an engine's table; `None` (a code the table does not know)
     /// is retried as transient and marked [`ConnectorError::unclassified`].
@@ -54,6 +58,12 @@ impl ConnectorError {
     }
     pub fn event(message: impl Into<String>) -> Self {
         Self::new(ErrorClass::Event, message)
+    }
+    /// See [`ConnectorError::restart`].
+    pub fn restart(message: impl Into<String>) -> Self {
+        let mut e = Self::new(ErrorClass::Transient, message);
+        e.restart = true;
+        e
     }
     pub fn with_code(mut self, code: impl Into<String>) -> Self {
         self.code = Some(code.into());

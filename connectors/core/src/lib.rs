@@ -18,8 +18,8 @@ pub use error::{ConnectorError, ErrorClass};
 pub use event::{ChangeEvent, Checkpoint, Op, Transaction};
 pub use schema::{Column, ColumnType, Engine, TableId, TableSchema};
 pub use traits::{
-    scratch_name, ApplyBatch, ApplyReport, Comparison, DeadLetter, DeadLetterRecord, Difference, Isolator, MovedRow,
-    RowKind, RowOrigin, Sink, SnapshotChunk, Source, SourceItem, SourceProgress, StreamHandle, TableChanges, TablePlan,
-    TransactionPart, ROW_KINDS_IN_ORDER,
+    scratch_name, ApplyBatch, ApplyReport, Comparison, CopiedTable, DeadLetter, DeadLetterRecord, Difference, Isolator,
+    MovedRow, RowKind, RowOrigin, Sink, SnapshotChunk, Source, SourceItem, SourceProgress, StreamHandle, TableChanges,
+    TablePlan, TransactionPart, ROW_KINDS_IN_ORDER,
 };
 pub use value::Value;

@@ -85,9 +85,20 @@ fn split_parts(text: &str) -> Option<Vec<String>> {
     Some(parts)
 }
 
+/// `schema.table`, each part double-quoted when it holds a dot or a double quote (so the
+/// text parses back to the same id with [`TableId::parse`]); plain names print as they are.
 impl fmt::Display for TableId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.schema, self.name)
+        fn part(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+            if text.contains(['.', '"']) {
+                write!(f, "\"{}\"", text.replace('"', "\"\""))
+            } else {
+                f.write_str(text)
+            }
+        }
+        part(f, &self.schema)?;
+        f.write_str(".")?;
+        part(f, &self.name)
     }
 }
 
@@ -146,6 +157,9 @@ pub struct TableSchema {
     pub engine: Engine,
     pub columns: Vec<Column>,
     /// Indexes into `columns` of the primary key (or the configured unique key), in key order.
+    /// Empty for a table without a key whose rows the source identifies by their whole
+    /// content (Postgres `REPLICA IDENTITY FULL`, a MySQL full row image): see
+    /// [`TableSchema::is_keyless`].
     pub key: Vec<usize>,
     /// Enum type labels by native type name, so a same-engine target can create the type.
     pub enum_labels: Vec<(String, Vec<String>)>,
@@ -154,6 +168,21 @@ pub struct TableSchema {
 impl TableSchema {
     pub fn column_index(&self, name: &str) -> Option<usize> {
         self.columns.iter().position(|c| c.name == name)
+    }
+
+    /// No key: a row is identified by all its values. Duplicate rows are allowed; an
+    /// update or delete changes exactly one row equal to the old image.
+    pub fn is_keyless(&self) -> bool {
+        self.key.is_empty()
+    }
+
+    /// The columns that identify a row: the key, or every column of a keyless table.
+    pub fn identity(&self) -> Vec<usize> {
+        if self.key.is_empty() {
+            (0..self.columns.len()).collect()
+        } else {
+            self.key.clone()
+        }
     }
 
     pub fn key_names(&self) -> Vec<&str> {
@@ -176,6 +205,10 @@ mod tests {
         assert_eq!(TableId::parse("\"solo.name\"", "x"), t("x", "solo.name"));
         assert_eq!(TableId::parse_qualified("public.\"my.table\""), Some(t("public", "my.table")));
         assert_eq!(TableId::parse_qualified("public.*"), Some(t("public", "*")));
+        for id in [t("public", "my.table"), t("a\"b", "c"), t("public", "orders")] {
+            assert_eq!(TableId::parse(&id.to_string(), "x"), id, "{id}");
+        }
+        assert_eq!(t("public", "orders").to_string(), "public.orders");
         for bad in ["orders", "a.b.c", "public.", ".t", "public.\"open", "public.\"a\"b"] {
             assert_eq!(TableId::parse_qualified(bad), None, "{bad}");
         }

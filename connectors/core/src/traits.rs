@@ -91,6 +91,28 @@ pub trait Source: Send {
     /// has published them, so every later change to them is also in the stream.
     async fn begin_backfill(&mut self) -> Result<(), ConnectorError>;
 
+    /// The source position of the read opened by the last [`Source::begin_backfill`], when
+    /// the source can tell it exactly: the read holds every transaction committed before
+    /// it and none after.
+    fn backfill_position(&self) -> Option<String> {
+        None
+    }
+
+    /// The stream must leave out changes to `table` made in transactions at or before
+    /// its position (its rows were copied from a read at that position; a table without
+    /// a key would get them twice). Called before [`Source::start_stream`].
+    fn set_table_starts(&mut self, starts: std::collections::HashMap<TableId, String>) {
+        let _ = starts;
+    }
+
+    /// The parts whose rows make up `table` (a Postgres partitioned table's leaf
+    /// partitions); empty when the table holds its rows itself. A part attached later is
+    /// copied into the table's target when it is first seen.
+    async fn table_parts(&mut self, table: &TableSchema) -> Result<Vec<TableId>, ConnectorError> {
+        let _ = table;
+        Ok(Vec::new())
+    }
+
     /// Reads one table from the snapshot, in chunks of about `chunk_rows` rows.
     async fn snapshot_table(
         &mut self,
@@ -115,6 +137,23 @@ pub trait Source: Send {
     /// The current row of `table` whose key columns hold `key` (in [`TableSchema::key`]
     /// order), full-width in the schema's column order; `None` when there is none.
     async fn fetch_row(&mut self, table: &TableSchema, key: &[Value]) -> Result<Option<Vec<Value>>, ConnectorError>;
+}
+
+/// A source table (or a partition of one) whose existing rows a pipeline copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopiedTable {
+    pub table: TableId,
+    /// The source position of the consistent read the rows came from, when the source
+    /// knows it: the stream's changes to the table at or before it are in the copy
+    /// already (see [`Source::set_table_starts`]). `None` for the initial snapshot (the
+    /// stream starts at its position anyway) and for records of older versions.
+    pub position: Option<String>,
+}
+
+impl CopiedTable {
+    pub fn new(table: TableId, position: Option<String>) -> Self {
+        CopiedTable { table, position }
+    }
 }
 
 /// A chunk of rows read from a table in the initial snapshot.
@@ -344,14 +383,16 @@ pub trait Sink: Send {
     /// The dead letters of `pipeline`, oldest first.
     async fn list_dead_letters(&mut self, pipeline: &str) -> Result<Vec<DeadLetterRecord>, ConnectorError>;
 
-    /// Source tables whose rows `pipeline` has copied (snapshot or backfill).
-    async fn snapshotted_tables(&mut self, pipeline: &str) -> Result<Vec<TableId>, ConnectorError>;
+    /// Source tables (and partitions) whose rows `pipeline` has copied (snapshot or
+    /// backfill), with the positions they were copied at.
+    async fn snapshotted_tables(&mut self, pipeline: &str) -> Result<Vec<CopiedTable>, ConnectorError>;
 
-    /// Records `tables` as copied and stores `checkpoint`, in one transaction.
+    /// Records `tables` as copied (a table copied again gets its new position) and stores
+    /// `checkpoint`, in one transaction.
     async fn complete_snapshot(
         &mut self,
         pipeline: &str,
-        tables: &[TableId],
+        tables: &[CopiedTable],
         checkpoint: &Checkpoint,
     ) -> Result<(), ConnectorError>;
 

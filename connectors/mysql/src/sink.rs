@@ -53,8 +53,8 @@ use futures_util::future::BoxFuture;
 use sqlx::mysql::{MySqlArguments, MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlRow};
 use sqlx::{Arguments, ConnectOptions, Row};
 use tidewater_core::{
-    ApplyBatch, ApplyReport, Checkpoint, ConnectorError, DeadLetter, ErrorClass, MovedRow, RowKind, Sink, TableChanges,
-    TableId, TablePlan, TableSchema, Value, ROW_KINDS_IN_ORDER,
+    ApplyBatch, ApplyReport, Checkpoint, ConnectorError, CopiedTable, DeadLetter, ErrorClass, MovedRow, RowKind, Sink,
+    TableChanges, TableId, TablePlan, TableSchema, Value, ROW_KINDS_IN_ORDER,
 };
 
 use crate::errors::mysql_error;
@@ -65,6 +65,13 @@ use crate::tls::MysqlTls;
 
 const MIGRATIONS: &[(&str, &str)] =
     &[("0001_bookkeeping", include_str!("../../../migrations/mysql/0001_bookkeeping.sql"))];
+/// Migrations that add a column, each run only when `(table, column)` is missing.
+const COLUMN_MIGRATIONS: &[(&str, &str, &str, &str)] = &[(
+    "0002_copied_position",
+    "tidewater_snapshot_tables",
+    "copied_position",
+    include_str!("../../../migrations/mysql/0002_copied_position.sql"),
+)];
 
 /// The target schema that means "the database in the URL".
 pub const DEFAULT_SCHEMA: &str = "public";
@@ -307,6 +314,30 @@ impl Sink for MysqlSink {
                     break;
                 }
             }
+            for (name, table, column, text) in COLUMN_MIGRATIONS {
+                if outcome.is_err() {
+                    break;
+                }
+                let present = run_fetch_all(
+                    sqlx::query(
+                        "SELECT 1 FROM information_schema.COLUMNS \
+                         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = ?",
+                    )
+                    .bind(*table)
+                    .bind(*column),
+                    &mut conn,
+                )
+                .await
+                .map(|rows| !rows.is_empty());
+                outcome = match present {
+                    Ok(true) => Ok(()),
+                    Ok(false) => exec_raw(&mut conn, text)
+                        .await
+                        .map(drop)
+                        .map_err(|e| sqlx_error(format_args!("running migration {name} on the target"), e)),
+                    Err(e) => Err(sqlx_error(format_args!("checking migration {name} on the target"), e)),
+                };
+            }
             let _ = exec_raw(&mut conn, "DO RELEASE_LOCK('tidewater_migrations')").await;
             outcome
         }
@@ -432,14 +463,19 @@ impl Sink for MysqlSink {
         self.finish(conn, result).await
     }
 
-    async fn snapshotted_tables(&mut self, pipeline: &str) -> Result<Vec<TableId>, ConnectorError> {
+    async fn snapshotted_tables(&mut self, pipeline: &str) -> Result<Vec<CopiedTable>, ConnectorError> {
         let (mut conn, _) = self.take_conn().await?;
-        let sql = format!("SELECT source_table FROM {}.tidewater_snapshot_tables WHERE pipeline = ?", self.bookkeeping);
+        let sql = format!(
+            "SELECT source_table, copied_position FROM {}.tidewater_snapshot_tables WHERE pipeline = ?",
+            self.bookkeeping
+        );
         let result = async {
             let rows = run_fetch_all(sqlx::query(&sql).bind(pipeline), &mut conn)
                 .await
                 .map_err(|e| sqlx_error("reading tidewater_snapshot_tables", e))?;
-            rows.iter().map(|r| Ok(TableId::parse(&text(r, 0)?, DEFAULT_SCHEMA))).collect()
+            rows.iter()
+                .map(|r| Ok(CopiedTable::new(TableId::parse(&text(r, 0)?, DEFAULT_SCHEMA), opt_text(r, 1)?)))
+                .collect()
         }
         .await;
         self.finish(conn, result).await
@@ -448,7 +484,7 @@ impl Sink for MysqlSink {
     async fn complete_snapshot(
         &mut self,
         pipeline: &str,
-        tables: &[TableId],
+        tables: &[CopiedTable],
         checkpoint: &Checkpoint,
     ) -> Result<(), ConnectorError> {
         let (mut conn, facts) = self.take_conn().await?;
@@ -456,14 +492,15 @@ impl Sink for MysqlSink {
         let result = async {
             begin(&mut conn).await?;
             let sql = format!(
-                "INSERT INTO {}.tidewater_snapshot_tables (pipeline, source_table, copied_at) \
-                 VALUES (?, ?, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE copied_at = copied_at",
+                "INSERT INTO {}.tidewater_snapshot_tables (pipeline, source_table, copied_at, copied_position) \
+                 VALUES (?, ?, UTC_TIMESTAMP(6), ?) \
+                 ON DUPLICATE KEY UPDATE copied_at = UTC_TIMESTAMP(6), copied_position = VALUES(copied_position)",
                 env.bookkeeping
             );
-            for table in tables {
-                run_exec(sqlx::query(&sql).bind(pipeline).bind(table.to_string()), &mut conn)
-                    .await
-                    .map_err(|e| sqlx_error("recording copied tables", e))?;
+            for copied in tables {
+                let query =
+                    sqlx::query(&sql).bind(pipeline).bind(copied.table.to_string()).bind(copied.position.clone());
+                run_exec(query, &mut conn).await.map_err(|e| sqlx_error("recording copied tables", e))?;
             }
             commit_with_checkpoint(&mut conn, &env, pipeline, checkpoint, "ending the snapshot").await
         }

@@ -25,27 +25,41 @@ pub struct CatalogColumn {
 
 /// Resolves `schema.table` / `schema.*` patterns to existing tables (with their OIDs).
 /// A named table that does not exist is a fatal error naming it.
+///
+/// A partitioned table stands for all its partitions: the publication publishes their
+/// changes as the root's (`publish_via_partition_root`), so a partition whose root is
+/// covered is left out (also when a wildcard or its own name matches it). A partition
+/// listed on its own, without its root, is replicated as a table of its own.
 pub async fn resolve_tables(
     client: &Client,
     patterns: &[String],
     source_name: &str,
 ) -> Result<Vec<(TableId, u32)>, ConnectorError> {
     let mut out: Vec<(TableId, u32)> = Vec::new();
+    let mut roots: Vec<Option<u32>> = Vec::new();
     for pattern in patterns {
         let id = TableId::parse(pattern, "public");
         let rows = client
             .query(
-                "SELECT n.nspname::text, c.relname::text, c.oid::int8 FROM pg_class c \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.relkind IN ('r', 'p') AND n.nspname = $1 AND ($2 = '*' OR c.relname = $2) \
-                 ORDER BY 2",
+                "SELECT n.nspname::text, c.relname::text, c.oid::int8,                         CASE WHEN c.relispartition THEN pg_partition_root(c.oid)::int8 END                  FROM pg_class c                  JOIN pg_namespace n ON n.oid = c.relnamespace                  WHERE c.relkind IN ('r', 'p') AND n.nspname = $1 AND ($2 = '*' OR c.relname = $2)                  ORDER BY 2",
                 &[&id.schema, &id.name],
             )
             .await
             .map_err(|e| pg_error("listing source tables", e))?;
         if rows.is_empty() {
+            if id.name == "*" {
+                // A schema without tables yet: tables created in it later are picked up.
+                let exists = client
+                    .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&id.schema])
+                    .await
+                    .map_err(|e| pg_error("listing source schemas", e))?
+                    .is_some();
+                if exists {
+                    continue;
+                }
+            }
             let what = if id.name == "*" {
-                format!("schema {} has no tables", id.schema)
+                format!("schema {} does not exist", id.schema)
             } else {
                 format!("table {id} does not exist")
             };
@@ -58,10 +72,59 @@ pub async fn resolve_tables(
             let oid = row.get::<_, i64>(2) as u32;
             if !out.iter().any(|(t, _)| *t == table) {
                 out.push((table, oid));
+                roots.push(row.get::<_, Option<i64>>(3).map(|r| r as u32));
             }
         }
     }
+    let covered: Vec<u32> = out.iter().map(|(_, oid)| *oid).collect();
+    Ok(out
+        .into_iter()
+        .zip(roots)
+        .filter(|(_, root)| !root.is_some_and(|r| covered.contains(&r)))
+        .map(|(table, _)| table)
+        .collect())
+}
+
+/// The leaf partitions of a partitioned table (none for a plain table), by name.
+pub async fn leaf_partitions(client: &Client, relid: u32) -> Result<Vec<TableId>, ConnectorError> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text FROM pg_partition_tree($1::oid) t \
+             JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE t.isleaf AND t.relid <> $1::oid ORDER BY 1, 2",
+            &[&relid],
+        )
+        .await
+        .map_err(|e| pg_error("listing partitions", e))?;
+    Ok(rows.iter().map(|r| TableId::new(r.get::<_, String>(0), r.get::<_, String>(1))).collect())
+}
+
+/// What the configured patterns cover right now: each table (by OID) and the leaf
+/// partitions of the partitioned ones. When it changes while streaming (a table created
+/// under a wildcard, dropped, renamed; a partition attached or detached) the pipeline
+/// restarts to follow it.
+pub async fn coverage(
+    client: &Client,
+    patterns: &[String],
+    source_name: &str,
+) -> Result<Vec<(TableId, u32, Vec<TableId>)>, ConnectorError> {
+    let mut out = Vec::new();
+    for (id, relid) in resolve_tables(client, patterns, source_name).await? {
+        let parts = leaf_partitions(client, relid).await?;
+        out.push((id, relid, parts));
+    }
+    out.sort();
     Ok(out)
+}
+
+/// Whether `relid` is a partitioned table (its rows live in its partitions: `COPY` reads
+/// it through a query).
+pub async fn is_partitioned(client: &Client, relid: u32) -> Result<bool, ConnectorError> {
+    let row = client
+        .query_opt("SELECT relkind = 'p' FROM pg_class WHERE oid = $1", &[&relid])
+        .await
+        .map_err(|e| pg_error("reading the table kind", e))?;
+    Ok(row.is_some_and(|r| r.get(0)))
 }
 
 /// The table's columns in attribute order.
@@ -174,21 +237,6 @@ pub async fn table_schema(
             .collect::<Result<_, _>>()?,
     };
     let key_names = load_key(client, relid).await?;
-    if key_names.is_empty() {
-        return Err(ConnectorError::fatal(format!(
-            "table {id} has no primary key, so its rows cannot be upserted or deleted by key: \
-             add one (ALTER TABLE {} ADD PRIMARY KEY (...)) or set REPLICA IDENTITY USING INDEX on a unique index",
-            quote_table(id)
-        )));
-    }
-    let mut key = Vec::with_capacity(key_names.len());
-    for name in &key_names {
-        let index = columns
-            .iter()
-            .position(|c| &c.name == name)
-            .ok_or_else(|| ConnectorError::fatal(format!("key column {name} of table {id} is not replicated")))?;
-        key.push(index);
-    }
     let replident: Option<String> = client
         .query_opt("SELECT relreplident::text FROM pg_class WHERE oid = $1", &[&relid])
         .await
@@ -199,6 +247,24 @@ pub async fn table_schema(
             "table {id} has REPLICA IDENTITY NOTHING, so deletes carry no key: ALTER TABLE {} REPLICA IDENTITY DEFAULT",
             quote_table(id)
         )));
+    }
+    // Without a key the rows are identified by their whole content, which the source
+    // only logs under REPLICA IDENTITY FULL.
+    if key_names.is_empty() && replident.as_deref() != Some("f") {
+        return Err(ConnectorError::fatal(format!(
+            "table {id} has no primary key, so its updates and deletes cannot be matched to target rows: \
+             add one (ALTER TABLE {t} ADD PRIMARY KEY (...)), set REPLICA IDENTITY USING INDEX on a unique index, \
+             or replicate it by whole rows (ALTER TABLE {t} REPLICA IDENTITY FULL; slower, duplicates kept)",
+            t = quote_table(id)
+        )));
+    }
+    let mut key = Vec::with_capacity(key_names.len());
+    for name in &key_names {
+        let index = columns
+            .iter()
+            .position(|c| &c.name == name)
+            .ok_or_else(|| ConnectorError::fatal(format!("key column {name} of table {id} is not replicated")))?;
+        key.push(index);
     }
     let enum_labels = load_enums(client, relid).await?;
     Ok(Arc::new(TableSchema { id: id.clone(), engine: Engine::Postgres, columns, key, enum_labels }))

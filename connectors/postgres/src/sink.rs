@@ -18,16 +18,18 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tidewater_core::{
-    ApplyBatch, ApplyReport, Checkpoint, ColumnType, ConnectorError, Engine, RowKind, Sink, TableChanges, TableId,
-    TablePlan, TableSchema, Value, ROW_KINDS_IN_ORDER,
+    ApplyBatch, ApplyReport, Checkpoint, ColumnType, ConnectorError, CopiedTable, Engine, RowKind, Sink, TableChanges,
+    TableId, TablePlan, TableSchema, Value, ROW_KINDS_IN_ORDER,
 };
 use tokio_postgres::{Client, GenericClient, Statement};
 
 use crate::conn::{connect, PgEndpoint};
 use crate::sql::{pg_error, quote_ident, quote_table};
 
-const MIGRATIONS: &[(&str, &str)] =
-    &[("0001_bookkeeping", include_str!("../../../migrations/postgres/0001_bookkeeping.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_bookkeeping", include_str!("../../../migrations/postgres/0001_bookkeeping.sql")),
+    ("0002_copied_position", include_str!("../../../migrations/postgres/0002_copied_position.sql")),
+];
 
 /// A target table's columns: name → type name usable in a cast (no typmod, so that
 /// assignment, not the cast, enforces lengths and precision).
@@ -193,12 +195,19 @@ impl Sink for PgSink {
         self.put_back(client, result)
     }
 
-    async fn snapshotted_tables(&mut self, pipeline: &str) -> Result<Vec<TableId>, ConnectorError> {
+    async fn snapshotted_tables(&mut self, pipeline: &str) -> Result<Vec<CopiedTable>, ConnectorError> {
         let client = self.take_client().await?;
         let result = client
-            .query("SELECT source_table FROM public.tidewater_snapshot_tables WHERE pipeline = $1", &[&pipeline])
+            .query(
+                "SELECT source_table, copied_position FROM public.tidewater_snapshot_tables WHERE pipeline = $1",
+                &[&pipeline],
+            )
             .await
-            .map(|rows| rows.iter().map(|r| TableId::parse(&r.get::<_, String>(0), "public")).collect())
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| CopiedTable::new(TableId::parse(&r.get::<_, String>(0), "public"), r.get(1)))
+                    .collect()
+            })
             .map_err(|e| pg_error("reading tidewater_snapshot_tables", e));
         self.put_back(client, result)
     }
@@ -206,17 +215,20 @@ impl Sink for PgSink {
     async fn complete_snapshot(
         &mut self,
         pipeline: &str,
-        tables: &[TableId],
+        tables: &[CopiedTable],
         checkpoint: &Checkpoint,
     ) -> Result<(), ConnectorError> {
         let mut client = self.take_client().await?;
         let result = async {
             let tx = client.transaction().await.map_err(|e| pg_error("starting a target transaction", e))?;
-            let names: Vec<String> = tables.iter().map(ToString::to_string).collect();
+            let names: Vec<String> = tables.iter().map(|t| t.table.to_string()).collect();
+            let positions: Vec<Option<String>> = tables.iter().map(|t| t.position.clone()).collect();
             tx.execute(
-                "INSERT INTO public.tidewater_snapshot_tables (pipeline, source_table) \
-                 SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
-                &[&pipeline, &names],
+                "INSERT INTO public.tidewater_snapshot_tables (pipeline, source_table, copied_position) \
+                 SELECT $1, t, p FROM unnest($2::text[], $3::text[]) AS u(t, p) \
+                 ON CONFLICT (pipeline, source_table) DO UPDATE SET copied_position = EXCLUDED.copied_position, \
+                 copied_at = now()",
+                &[&pipeline, &names, &positions],
             )
             .await
             .map_err(|e| pg_error("recording copied tables", e))?;
@@ -566,8 +578,12 @@ fn sent_mask(row: &[Value]) -> Vec<bool> {
     row.iter().map(|v| !matches!(v, Value::Unchanged)).collect()
 }
 
-/// `ON CONFLICT (key) DO UPDATE SET <every non-key column>` (or `DO NOTHING`).
+/// `ON CONFLICT (key) DO UPDATE SET <every non-key column>` (or `DO NOTHING`); nothing
+/// for a keyless table, whose rows are appended (duplicates are rows of their own).
 fn upsert_conflict_clause(schema: &tidewater_core::TableSchema) -> String {
+    if schema.is_keyless() {
+        return String::new();
+    }
     let key = schema.key.iter().map(|&i| quote_ident(&schema.columns[i].name)).collect::<Vec<_>>().join(", ");
     let sets: Vec<String> = (0..schema.columns.len())
         .filter(|i| !schema.key.contains(i))
@@ -603,6 +619,32 @@ async fn apply_rows<C: GenericClient + Sync>(
             .collect::<Vec<_>>()
             .join(" AND ")
     };
+    if kind == RowKind::Delete && schema.is_keyless() {
+        // Each distinct image removes as many equal rows as it occurs (`LIMIT`), compared
+        // by the target type's text form (some types, json among them, have no `=`).
+        let all: Vec<usize> = (0..schema.columns.len()).collect();
+        let cols = all.iter().map(|i| format!("c{i}")).collect::<Vec<_>>().join(", ");
+        let matches = all
+            .iter()
+            .map(|&i| {
+                format!(
+                    "t.{}::text IS NOT DISTINCT FROM (d.c{i}::{})::text",
+                    quote_ident(&schema.columns[i].name),
+                    casts[i]
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let sql = format!(
+            "DELETE FROM {table} WHERE ctid = ANY (ARRAY(SELECT v.ctid FROM \
+             (SELECT {cols}, count(*) AS n FROM {} GROUP BY {cols}) AS d \
+             CROSS JOIN LATERAL (SELECT t.ctid FROM {table} AS t WHERE {matches} LIMIT d.n) AS v))",
+            unnest_from(&all)
+        );
+        let st = statement(tx, state, sql).await?;
+        let arrays = column_arrays(rows, &all);
+        return execute_arrays(tx, &st, &arrays).await.map_err(|e| e.context(format_args!("deleting from {target}")));
+    }
     if kind == RowKind::Delete {
         let sql = format!("DELETE FROM {table} AS t USING {} WHERE {}", unnest_from(&schema.key), key_match("t"));
         let st = statement(tx, state, sql).await?;
@@ -925,8 +967,8 @@ async fn create_table<C: GenericClient + Sync>(
     let columns: Vec<String> =
         schema.columns.iter().map(|c| format!("{} {}", quote_ident(&c.name), target_type(schema, c))).collect();
     let key: Vec<String> = schema.key.iter().map(|&i| quote_ident(&schema.columns[i].name)).collect();
-    let sql =
-        format!("CREATE TABLE {} ({}, PRIMARY KEY ({}))", quote_table(target), columns.join(", "), key.join(", "));
+    let primary_key = if key.is_empty() { String::new() } else { format!(", PRIMARY KEY ({})", key.join(", ")) };
+    let sql = format!("CREATE TABLE {} ({}{primary_key})", quote_table(target), columns.join(", "));
     tx.batch_execute(&sql).await.map_err(|e| pg_error(format_args!("creating target table {target}"), e))?;
     tracing::info!(table = %target, "created target table");
     Ok(())

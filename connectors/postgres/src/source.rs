@@ -43,7 +43,7 @@ use tidewater_core::{
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_postgres::Client;
 
-use crate::catalog::{resolve_tables, table_schema};
+use crate::catalog::{coverage, resolve_tables, table_schema};
 use crate::conn::{connect, PgEndpoint};
 use crate::pgoutput::{self, LogicalMessage, TupleData, TupleValue};
 use crate::replication::{
@@ -56,6 +56,9 @@ use crate::types::decode_text;
 /// server for a keepalive, which is how an idle stream learns the WAL end.
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 const LAG_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the stream looks for tables created, dropped or renamed under the configured
+/// patterns and partitions attached or detached (it then restarts to follow them).
+const CATALOG_POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// A transaction larger than this is handed on in parts of this many events.
 const TX_PART_EVENTS: usize = 10_000;
 /// Parts queued or being applied at once: bounds memory for huge transactions.
@@ -82,7 +85,14 @@ pub struct PgSource {
     cfg: PgSourceConfig,
     client: Option<Arc<Client>>,
     tables: Vec<(TableId, u32)>,
+    /// What the patterns covered when the tables were resolved (see
+    /// [`crate::catalog::coverage`]); the stream restarts when it changes.
+    coverage: Vec<(TableId, u32, Vec<TableId>)>,
     snapshot: Option<SnapshotSession>,
+    /// The consistent point of the last backfill's read.
+    backfill_position: Option<String>,
+    /// Per table: changes in transactions committing before this LSN are in its copy.
+    table_starts: HashMap<TableId, u64>,
 }
 
 /// Converts a replication-connection error, classifying it like any other SQLSTATE.
@@ -101,7 +111,15 @@ pub fn repl_error(what: impl std::fmt::Display, e: ReplicationError) -> Connecto
 
 impl PgSource {
     pub fn new(cfg: PgSourceConfig) -> Self {
-        PgSource { cfg, client: None, tables: Vec::new(), snapshot: None }
+        PgSource {
+            cfg,
+            client: None,
+            tables: Vec::new(),
+            coverage: Vec::new(),
+            snapshot: None,
+            backfill_position: None,
+            table_starts: HashMap::new(),
+        }
     }
 
     async fn client(&mut self) -> Result<Arc<Client>, ConnectorError> {
@@ -179,12 +197,26 @@ impl PgSource {
         &mut self,
         export_snapshot: bool,
     ) -> Result<(ReplicationConnection, String, Option<String>), ConnectorError> {
+        let slot = self.cfg.slot.clone();
+        self.create_named_slot(&slot, false, export_snapshot).await
+    }
+
+    /// Creates slot `slot` (`temporary`: dropped when the connection closes) on a new
+    /// replication connection; returns the connection (it must stay idle while the
+    /// exported snapshot is in use), the consistent point and the snapshot's name.
+    async fn create_named_slot(
+        &mut self,
+        slot: &str,
+        temporary: bool,
+        export_snapshot: bool,
+    ) -> Result<(ReplicationConnection, String, Option<String>), ConnectorError> {
         let mut repl = self.replication_connection().await?;
         let mode = if export_snapshot { "EXPORT_SNAPSHOT" } else { "NOEXPORT_SNAPSHOT" };
+        let temp = if temporary { "TEMPORARY " } else { "" };
         let rows = repl
-            .simple_query(&format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {mode}", quote_ident(&self.cfg.slot)))
+            .simple_query(&format!("CREATE_REPLICATION_SLOT {} {temp}LOGICAL pgoutput {mode}", quote_ident(slot)))
             .await
-            .map_err(|e| repl_error(format_args!("creating replication slot {}", self.cfg.slot), e))?;
+            .map_err(|e| repl_error(format_args!("creating replication slot {slot}"), e))?;
         let row = rows.first().ok_or_else(|| ConnectorError::fatal("CREATE_REPLICATION_SLOT returned no row"))?;
         let consistent_point = row
             .get(1)
@@ -192,7 +224,7 @@ impl PgSource {
             .flatten()
             .ok_or_else(|| ConnectorError::fatal("CREATE_REPLICATION_SLOT returned no consistent point"))?;
         let snapshot_name = row.get(2).cloned().flatten();
-        tracing::info!(slot = %self.cfg.slot, position = %consistent_point, "created replication slot");
+        tracing::info!(slot = %slot, temporary, position = %consistent_point, "created replication slot");
         Ok((repl, consistent_point, snapshot_name))
     }
 
@@ -201,12 +233,13 @@ impl PgSource {
         let publication = &self.cfg.publication;
         let table_list = self.tables.iter().map(|(t, _)| quote_table(t)).collect::<Vec<_>>().join(", ");
         let how_to = format!(
-            "the source user must own the tables, or create it yourself: CREATE PUBLICATION {} FOR TABLE {table_list}",
+            "the source user must own the tables, or create it yourself: CREATE PUBLICATION {} FOR TABLE {table_list} \
+             WITH (publish_via_partition_root = true)",
             quote_ident(publication)
         );
         let exists = client
             .query_opt(
-                "SELECT pubinsert AND pubupdate AND pubdelete AND pubtruncate FROM pg_publication WHERE pubname = $1",
+                "SELECT pubinsert AND pubupdate AND pubdelete AND pubtruncate, pubviaroot FROM pg_publication WHERE pubname = $1",
                 &[publication],
             )
             .await
@@ -214,7 +247,12 @@ impl PgSource {
         match exists {
             None => {
                 client
-                    .batch_execute(&format!("CREATE PUBLICATION {} FOR TABLE {table_list}", quote_ident(publication)))
+                    .batch_execute(&format!(
+                        "CREATE PUBLICATION {} {} WITH (publish_via_partition_root = true)",
+                        quote_ident(publication),
+                        // No table yet (an empty schema under a wildcard): tables come later.
+                        if self.tables.is_empty() { String::new() } else { format!("FOR TABLE {table_list}") }
+                    ))
                     .await
                     .map_err(|e| pg_error(format_args!("creating publication {publication} ({how_to})"), e))?;
                 tracing::info!(publication = %publication, "created publication");
@@ -235,19 +273,23 @@ impl PgSource {
                 wanted.sort();
                 have.sort();
                 if wanted != have {
+                    let change = if wanted.is_empty() {
+                        let list = have.iter().map(|t| quote_table(t)).collect::<Vec<_>>().join(", ");
+                        format!("ALTER PUBLICATION {} DROP TABLE {list}", quote_ident(publication))
+                    } else {
+                        format!("ALTER PUBLICATION {} SET TABLE {table_list}", quote_ident(publication))
+                    };
                     client
-                        .batch_execute(&format!(
-                            "ALTER PUBLICATION {} SET TABLE {table_list}",
-                            quote_ident(publication)
-                        ))
+                        .batch_execute(&change)
                         .await
                         .map_err(|e| pg_error(format_args!("updating publication {publication} ({how_to})"), e))?;
                     tracing::info!(publication = %publication, "publication now matches the configured tables");
                 }
-                if !row.get::<_, bool>(0) {
+                if !row.get::<_, bool>(0) || !row.get::<_, bool>(1) {
                     client
                         .batch_execute(&format!(
-                            "ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate')",
+                            "ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate', \
+                             publish_via_partition_root = true)",
                             quote_ident(publication)
                         ))
                         .await
@@ -300,6 +342,7 @@ impl Source for PgSource {
 
     async fn describe(&mut self) -> Result<Vec<Arc<TableSchema>>, ConnectorError> {
         let client = self.client().await?;
+        self.coverage = coverage(&client, &self.cfg.tables, &self.cfg.source_name).await?;
         self.tables = resolve_tables(&client, &self.cfg.tables, &self.cfg.source_name).await?;
         let mut schemas = Vec::with_capacity(self.tables.len());
         for (id, relid) in &self.tables {
@@ -377,14 +420,43 @@ impl Source for PgSource {
     }
 
     async fn begin_backfill(&mut self) -> Result<(), ConnectorError> {
+        // A temporary slot's exported snapshot: a read whose position is exact (it holds
+        // the transactions committed before the consistent point, the stream the others).
         self.snapshot = None;
+        self.backfill_position = None;
+        let mut name = self.cfg.slot.clone();
+        name.truncate(58);
+        name.push_str("_copy");
+        let (exporter, position, snapshot_name) = self.create_named_slot(&name, true, true).await?;
+        let snapshot_name = snapshot_name
+            .ok_or_else(|| ConnectorError::fatal("CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT returned no snapshot"))?;
         let reader = connect(&self.cfg.endpoint).await?;
         reader
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+                quote_literal(&snapshot_name)
+            ))
             .await
             .map_err(|e| pg_error("starting the backfill snapshot", e))?;
-        self.snapshot = Some(SnapshotSession { _exporter: None, reader });
+        self.snapshot = Some(SnapshotSession { _exporter: Some(exporter), reader });
+        self.backfill_position = Some(position);
         Ok(())
+    }
+
+    fn backfill_position(&self) -> Option<String> {
+        self.backfill_position.clone()
+    }
+
+    fn set_table_starts(&mut self, starts: HashMap<TableId, String>) {
+        self.table_starts = starts.into_iter().filter_map(|(t, p)| parse_lsn(&p).map(|lsn| (t, lsn))).collect();
+    }
+
+    async fn table_parts(&mut self, table: &TableSchema) -> Result<Vec<TableId>, ConnectorError> {
+        let Some(relid) = self.tables.iter().find(|(id, _)| *id == table.id).map(|(_, relid)| *relid) else {
+            return Ok(Vec::new());
+        };
+        let client = self.client().await?;
+        crate::catalog::leaf_partitions(&client, relid).await
     }
 
     async fn snapshot_table(
@@ -398,7 +470,16 @@ impl Source for PgSource {
             .as_ref()
             .ok_or_else(|| ConnectorError::fatal("snapshot_table called without begin_snapshot"))?;
         let columns = table.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
-        let sql = format!("COPY {} ({columns}) TO STDOUT", quote_table(&table.id));
+        let partitioned = match self.tables.iter().find(|(id, _)| *id == table.id) {
+            Some((_, relid)) => crate::catalog::is_partitioned(&session.reader, *relid).await?,
+            None => false,
+        };
+        // COPY cannot read a partitioned table itself, only a query over it.
+        let sql = if partitioned {
+            format!("COPY (SELECT {columns} FROM {}) TO STDOUT", quote_table(&table.id))
+        } else {
+            format!("COPY {} ({columns}) TO STDOUT", quote_table(&table.id))
+        };
         let stream =
             session.reader.copy_out(&sql).await.map_err(|e| pg_error(format_args!("copying {}", table.id), e))?;
         futures_util::pin_mut!(stream);
@@ -523,10 +604,25 @@ impl Source for PgSource {
 
         let poller = {
             let (client, acked, progress) = (client.clone(), acked.clone(), progress.clone());
+            let (patterns, source_name, known) =
+                (self.cfg.tables.clone(), self.cfg.source_name.clone(), self.coverage.clone());
             stream_task(async move {
                 let mut tick = tokio::time::interval(LAG_POLL_INTERVAL);
+                let mut catalog_tick = tokio::time::interval(CATALOG_POLL_INTERVAL);
                 loop {
-                    tick.tick().await;
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = catalog_tick.tick() => {
+                            let now = coverage(&client, &patterns, &source_name).await?;
+                            if now != known {
+                                return Err(ConnectorError::restart(format!(
+                                    "the tables of source {source_name} changed: {}",
+                                    describe_coverage_change(&known, &now)
+                                )));
+                            }
+                            continue;
+                        }
+                    }
                     let head: String = client
                         .query_one("SELECT pg_current_wal_lsn()::text", &[])
                         .await
@@ -555,10 +651,36 @@ impl Source for PgSource {
             current: None,
             last_delivered: start_lsn,
             part_budget: Arc::new(tokio::sync::Semaphore::new(TX_PARTS_IN_FLIGHT)),
+            table_starts: self.table_starts.clone(),
         };
         let task = tokio::spawn(async move { tokio::try_join!(reader.run(), status_writer, poller).map(|_| ()) });
         Ok(StreamHandle { task })
     }
+}
+
+/// What changed between two coverages, for the log.
+fn describe_coverage_change(before: &[(TableId, u32, Vec<TableId>)], after: &[(TableId, u32, Vec<TableId>)]) -> String {
+    let mut changes = Vec::new();
+    for (id, oid, parts) in after {
+        match before.iter().find(|(_, o, _)| o == oid) {
+            None => changes.push(format!("{id} appeared")),
+            Some((old_id, _, _)) if old_id != id => changes.push(format!("{old_id} is now {id}")),
+            Some((_, _, old_parts)) => {
+                for p in parts.iter().filter(|p| !old_parts.contains(p)) {
+                    changes.push(format!("partition {p} attached to {id}"));
+                }
+                for p in old_parts.iter().filter(|p| !parts.contains(p)) {
+                    changes.push(format!("partition {p} left {id}"));
+                }
+            }
+        }
+    }
+    for (id, oid, _) in before {
+        if !after.iter().any(|(_, o, _)| o == oid) {
+            changes.push(format!("{id} is gone"));
+        }
+    }
+    changes.join(", ")
 }
 
 /// Pins the output type of the stream's async blocks.
@@ -686,6 +808,9 @@ struct Reader {
     current: Option<OpenTransaction>,
     last_delivered: u64,
     part_budget: Arc<tokio::sync::Semaphore>,
+    /// Tables copied after the stream's start: their changes committed before the
+    /// copy's position are in the copy already and are left out.
+    table_starts: HashMap<TableId, u64>,
 }
 
 fn pg_epoch_to_system_time(micros: i64) -> SystemTime {
@@ -861,7 +986,7 @@ impl Reader {
                 format_lsn(at)
             )));
         };
-        if tx.skip {
+        if tx.skip || self.table_starts.get(&event.table.id).is_some_and(|&copied| tx.commit_lsn < copied) {
             return Ok(true);
         }
         tx.events.push(event);

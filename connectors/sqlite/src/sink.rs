@@ -57,8 +57,8 @@ use sqlx::query::Query;
 use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Row, Sqlite};
 use tidewater_core::{
-    ApplyBatch, ApplyReport, Checkpoint, ConnectorError, DeadLetter, ErrorClass, Isolator, MovedRow, RowKind, Sink,
-    TableChanges, TableId, TablePlan, TableSchema, Value, ROW_KINDS_IN_ORDER,
+    ApplyBatch, ApplyReport, Checkpoint, ConnectorError, CopiedTable, DeadLetter, ErrorClass, Isolator, MovedRow,
+    RowKind, Sink, TableChanges, TableId, TablePlan, TableSchema, Value, ROW_KINDS_IN_ORDER,
 };
 
 use crate::sql::{quote_ident, sqlite_error};
@@ -66,6 +66,13 @@ use crate::types::{declared_type, format_utc, to_bound, value_from_text, Affinit
 
 const MIGRATIONS: &[(&str, &str)] =
     &[("0001_bookkeeping", include_str!("../../../migrations/sqlite/0001_bookkeeping.sql"))];
+/// Migrations that add a column, each run only when `(table, column)` is missing.
+const COLUMN_MIGRATIONS: &[(&str, &str, &str, &str)] = &[(
+    "0002_copied_position",
+    "tidewater_snapshot_tables",
+    "copied_position",
+    include_str!("../../../migrations/sqlite/0002_copied_position.sql"),
+)];
 
 /// How long a write waits for another connection's write lock before `SQLITE_BUSY`.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -216,6 +223,20 @@ impl Sink for SqliteSink {
                     .await
                     .map_err(|e| not_row_tied(w.err(format_args!("running migration {name} on the target"), e)))?;
             }
+            for (name, table, column, sql) in COLUMN_MIGRATIONS {
+                let present: i64 = sqlx::query_scalar("SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2")
+                    .bind(*table)
+                    .bind(*column)
+                    .fetch_one(&mut *w.conn)
+                    .await
+                    .map_err(|e| not_row_tied(w.err(format_args!("checking migration {name} on the target"), e)))?;
+                if present == 0 {
+                    sqlx::query(sql)
+                        .execute(&mut *w.conn)
+                        .await
+                        .map_err(|e| not_row_tied(w.err(format_args!("running migration {name} on the target"), e)))?;
+                }
+            }
             w.exec("COMMIT", "committing the migrations").await
         }
         .await;
@@ -327,18 +348,19 @@ impl Sink for SqliteSink {
         self.finish(conn, result.map(drop), saved).await
     }
 
-    async fn snapshotted_tables(&mut self, pipeline: &str) -> Result<Vec<TableId>, ConnectorError> {
+    async fn snapshotted_tables(&mut self, pipeline: &str) -> Result<Vec<CopiedTable>, ConnectorError> {
         let saved = self.tables.clone();
         let mut conn = self.take_conn().await?;
         let path = self.path.clone();
         let result = async {
-            let names: Vec<String> =
-                sqlx::query_scalar("SELECT source_table FROM tidewater_snapshot_tables WHERE pipeline = ?1")
-                    .bind(pipeline)
-                    .fetch_all(&mut conn)
-                    .await
-                    .map_err(|e| not_row_tied(sqlite_error("reading tidewater_snapshot_tables", &path, e)))?;
-            Ok(names.iter().map(|n| TableId::parse(n, "public")).collect())
+            let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+                "SELECT source_table, copied_position FROM tidewater_snapshot_tables WHERE pipeline = ?1",
+            )
+            .bind(pipeline)
+            .fetch_all(&mut conn)
+            .await
+            .map_err(|e| not_row_tied(sqlite_error("reading tidewater_snapshot_tables", &path, e)))?;
+            Ok(rows.into_iter().map(|(n, p)| CopiedTable::new(TableId::parse(&n, "public"), p)).collect())
         }
         .await;
         self.finish(conn, result, saved).await
@@ -347,7 +369,7 @@ impl Sink for SqliteSink {
     async fn complete_snapshot(
         &mut self,
         pipeline: &str,
-        tables: &[TableId],
+        tables: &[CopiedTable],
         checkpoint: &Checkpoint,
     ) -> Result<(), ConnectorError> {
         let saved = self.tables.clone();
@@ -356,14 +378,16 @@ impl Sink for SqliteSink {
         let result = async {
             w.begin().await?;
             let now = format_utc(chrono::Utc::now());
-            for table in tables {
+            for copied in tables {
                 sqlx::query(
-                    "INSERT INTO tidewater_snapshot_tables (pipeline, source_table, copied_at) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (pipeline, source_table) DO NOTHING",
+                    "INSERT INTO tidewater_snapshot_tables (pipeline, source_table, copied_at, copied_position) \
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (pipeline, source_table) \
+                     DO UPDATE SET copied_at = excluded.copied_at, copied_position = excluded.copied_position",
                 )
                 .bind(pipeline)
-                .bind(table.to_string())
+                .bind(copied.table.to_string())
                 .bind(&now)
+                .bind(copied.position.as_deref())
                 .execute(&mut *w.conn)
                 .await
                 .map_err(|e| not_row_tied(w.err("recording copied tables", e)))?;
