@@ -387,8 +387,7 @@ async fn verify_pipeline(p: &config::PipelineConfig) -> Result<bool, String> {
         .map_err(|e| e.to_string())?;
     let mut all_match = true;
     for (id, relid) in tables {
-        let schema =
-            tidewater_postgres::catalog::table_schema(&source, &id, relid, None).await.map_err(|e| e.to_string())?;
+        let schema = tidewater_postgres::catalog::table_schema(&source, &id, relid).await.map_err(|e| e.to_string())?;
         let target_id = p
             .renames
             .get(&id.to_string())

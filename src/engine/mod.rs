@@ -503,6 +503,10 @@ async fn stream(
         // Natural batching: take what is already there, never wait for more.
         while let Some(Queued { item, permit }) = next.take() {
             match item {
+                SourceItem::Transaction(tx) if !batch.is_empty() && batch.reshapes(&tx) => {
+                    carried = Some(Queued { item: SourceItem::Transaction(tx), permit });
+                    break;
+                }
                 SourceItem::Transaction(tx) => batch.push_transaction(tx),
                 SourceItem::Heartbeat { position } => batch.push_heartbeat(position),
                 part @ SourceItem::TransactionPart(_) => {

@@ -12,4 +12,5 @@ mod pg_sync;
 mod pg_tables;
 mod pg_tls;
 mod pg_types;
+mod schema_changes;
 mod sqlite_target;

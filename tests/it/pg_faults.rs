@@ -334,7 +334,7 @@ async fn verify_reports_only_the_differing_key_range() {
     dst.batch_execute("UPDATE kv SET v = 'tampered' WHERE k = 55").await.unwrap();
     let relid: u32 = src.query_one("SELECT 'kv'::regclass::oid", &[]).await.unwrap().get(0);
     let id = tidewater_core::TableId::new("public", "kv");
-    let schema = tidewater_postgres::catalog::table_schema(&src, &id, relid, None).await.unwrap();
+    let schema = tidewater_postgres::catalog::table_schema(&src, &id, relid).await.unwrap();
     let verdict = tidewater_postgres::verify::verify_table(&src, &dst, &schema, &id, 10).await.unwrap();
     assert_eq!(verdict.ranges, 10);
     assert_eq!((verdict.source_rows, verdict.target_rows), (100, 100));

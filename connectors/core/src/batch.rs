@@ -171,6 +171,19 @@ impl<'a> BatchBuilder<'a> {
         self.position = Some(tx.position);
     }
 
+    /// Whether `tx` changes the schema of a table this batch already holds rows of. The
+    /// engine starts a new batch before such a transaction, so that a target which must
+    /// run its DDL before the batch's transaction (MySQL commits around DDL) sees one
+    /// shape per table, and a rename or drop between two shapes never meets rows of both.
+    pub fn reshapes(&self, tx: &Transaction) -> bool {
+        tx.events.iter().any(|e| {
+            self.open_segment.get(&e.table.id).is_some_and(|&i| {
+                let open = &self.segments[i].schema;
+                !Arc::ptr_eq(open, &e.table) && **open != *e.table
+            })
+        })
+    }
+
     /// A position with no changes (source idle): only moves the checkpoint.
     pub fn push_heartbeat(&mut self, position: String) {
         self.position = Some(position);

@@ -16,7 +16,7 @@ pub mod value;
 
 pub use error::{ConnectorError, ErrorClass};
 pub use event::{ChangeEvent, Checkpoint, Op, Transaction};
-pub use schema::{Column, ColumnType, Engine, TableId, TableSchema};
+pub use schema::{Column, ColumnChanges, ColumnType, Engine, TableId, TableSchema};
 pub use traits::{
     scratch_name, ApplyBatch, ApplyReport, Comparison, CopiedTable, DeadLetter, DeadLetterRecord, Difference, Isolator,
     MovedRow, RowKind, RowOrigin, Sink, SnapshotChunk, Source, SourceItem, SourceProgress, StreamHandle, TableChanges,

@@ -165,6 +165,42 @@ pub struct TableSchema {
     pub enum_labels: Vec<(String, Vec<String>)>,
 }
 
+/// How a table's columns changed from one schema of it to the next (both as the source
+/// reported them), for a target to follow.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ColumnChanges {
+    /// (old name, new name): same place, same type, new name.
+    pub renamed: Vec<(String, String)>,
+    /// Columns the source no longer has (and did not rename).
+    pub dropped: Vec<String>,
+}
+
+impl ColumnChanges {
+    /// Compares two schemas of one table. A rename is a column at the same position with
+    /// the same type under a name the old schema did not have, while the column count
+    /// stayed the same (sources report columns in their table order, and a rename is the
+    /// only change that keeps count, order and types); anything else is drops and adds.
+    pub fn between(old: &TableSchema, new: &TableSchema) -> ColumnChanges {
+        let mut changes = ColumnChanges::default();
+        if old.columns.len() == new.columns.len() {
+            let pairs: Vec<(&Column, &Column)> =
+                old.columns.iter().zip(&new.columns).filter(|(o, n)| o.name != n.name).collect();
+            let is_rename = |(o, n): &(&Column, &Column)| {
+                o.native_type == n.native_type
+                    && new.column_index(&o.name).is_none()
+                    && old.column_index(&n.name).is_none()
+            };
+            if !pairs.is_empty() && pairs.iter().all(is_rename) {
+                changes.renamed = pairs.iter().map(|(o, n)| (o.name.clone(), n.name.clone())).collect();
+                return changes;
+            }
+        }
+        changes.dropped =
+            old.columns.iter().filter(|c| new.column_index(&c.name).is_none()).map(|c| c.name.clone()).collect();
+        changes
+    }
+}
+
 impl TableSchema {
     pub fn column_index(&self, name: &str) -> Option<usize> {
         self.columns.iter().position(|c| c.name == name)
@@ -193,6 +229,41 @@ impl TableSchema {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shape(columns: &[(&str, &str)]) -> TableSchema {
+        TableSchema {
+            id: TableId::new("s", "t"),
+            engine: Engine::Postgres,
+            columns: columns
+                .iter()
+                .map(|(n, ty)| Column {
+                    name: n.to_string(),
+                    kind: ColumnType::Text,
+                    native_type: ty.to_string(),
+                    nullable: true,
+                    existing_rows_value: None,
+                })
+                .collect(),
+            key: vec![0],
+            enum_labels: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn column_changes_tell_renames_from_drops() {
+        let old = shape(&[("id", "int"), ("a", "text"), ("b", "int")]);
+        let renamed = ColumnChanges::between(&old, &shape(&[("id", "int"), ("a", "text"), ("bee", "int")]));
+        assert_eq!(renamed, ColumnChanges { renamed: vec![("b".into(), "bee".into())], dropped: vec![] });
+        let dropped = ColumnChanges::between(&old, &shape(&[("id", "int"), ("b", "int")]));
+        assert_eq!(dropped, ColumnChanges { renamed: vec![], dropped: vec!["a".into()] });
+        // Another type at the same place: a drop and an add, not a rename.
+        let retyped = ColumnChanges::between(&old, &shape(&[("id", "int"), ("a", "text"), ("x", "bigint")]));
+        assert_eq!(retyped, ColumnChanges { renamed: vec![], dropped: vec!["b".into()] });
+        // A swap of two names is no rename either.
+        let swapped = ColumnChanges::between(&old, &shape(&[("id", "int"), ("b", "text"), ("a", "int")]));
+        assert_eq!(swapped, ColumnChanges::default());
+        assert_eq!(ColumnChanges::between(&old, &old), ColumnChanges::default());
+    }
 
     #[test]
     fn table_names_parse_with_optional_quotes() {

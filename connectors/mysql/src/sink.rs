@@ -160,6 +160,9 @@ struct SinkState {
     targets: HashMap<TableId, TargetTable>,
     /// The newest source schema each target table was reconciled with.
     reconciled: HashMap<TableId, Arc<TableSchema>>,
+    /// The last source schema each target table was made to fit, in segment order
+    /// (renames and drops are followed from one segment's schema to the next).
+    seen: HashMap<TableId, Arc<TableSchema>>,
 }
 
 /// What the connection knows about its server.
@@ -870,7 +873,12 @@ fn prepared<'a>(
         .iter()
         .map(|c| {
             table.column(&c.name).ok_or_else(|| {
-                ConnectorError::fatal(format!("target table {target} has no column {} (added at the source?)", c.name))
+                ConnectorError::fatal(format!(
+                    "target table {target} has no column {}: the source renamed or dropped columns of {} inside a \
+                     transaction that also changed its rows, and a MySQL target cannot follow that atomically \
+                     (MySQL commits around DDL); re-copy the table (drop the target table and restart)",
+                    c.name, schema.id
+                ))
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -1362,6 +1370,9 @@ async fn reconcile(
             )));
         }
     }
+    if mode.allow_ddl {
+        state.seen.insert(target.clone(), schema.clone());
+    }
     let table = TargetTable { qualified, columns: existing, guard: false };
     for column in &schema.columns {
         if table.column(&column.name).is_none() {
@@ -1436,9 +1447,35 @@ fn plan_ddl(
     let find = |name: &str| existing.iter().find(|c| c.name.eq_ignore_ascii_case(name));
     let mut row_bytes: u64 = existing.iter().map(|c| types::row_bytes(&c.column_type)).sum();
     let previous = state.reconciled.get(target);
+    // Columns the source renamed or dropped since the schema this table was last made to
+    // fit (columns the target does not have are skipped). Not inside a large transaction:
+    // its redelivery from the start replays the older schema, and DDL outside the
+    // transaction would flip the table back and forth.
+    let mut renamed_to: Vec<String> = Vec::new();
+    if let (Some(prev), true) = (state.seen.get(target), mode.allow_ddl) {
+        let changes = tidewater_core::ColumnChanges::between(prev, schema);
+        for (old, new) in &changes.renamed {
+            if find(old).is_some() && find(new).is_none() {
+                steps.push(DdlStep {
+                    sql: format!("ALTER TABLE {qualified} RENAME COLUMN {} TO {}", quote_ident(old), quote_ident(new)),
+                    what: format!("the source renamed column {target}.{old} to {new}; following it"),
+                    add_column: false,
+                });
+                renamed_to.push(new.clone());
+            }
+        }
+        for column in changes.dropped.iter().filter(|c| find(c).is_some()) {
+            steps.push(DdlStep {
+                sql: format!("ALTER TABLE {qualified} DROP COLUMN {}", quote_ident(column)),
+                what: format!("the source dropped column {target}.{column}; following it"),
+                add_column: false,
+            });
+        }
+    }
     for (i, column) in schema.columns.iter().enumerate() {
         let key = schema.key.contains(&i);
         match find(&column.name) {
+            None if renamed_to.contains(&column.name) => {}
             None => {
                 let mut ty = types::mysql_type(schema, column, key);
                 if row_bytes + types::row_bytes(&ty) > types::ROW_BYTES_BUDGET && !key {

@@ -229,35 +229,96 @@ async fn load_enums(client: &Client, relid: u32) -> Result<Vec<(String, Vec<Stri
         .collect())
 }
 
-/// Builds the schema of a table whose columns are `columns` (catalog order, or the order of
-/// a Relation message), failing loudly when the table cannot be keyed.
-pub async fn table_schema(
-    client: &Client,
-    id: &TableId,
-    relid: u32,
-    column_names: Option<&[String]>,
-) -> Result<Arc<TableSchema>, ConnectorError> {
-    let catalog = load_columns(client, relid).await?;
-    let columns: Vec<Column> = match column_names {
-        None => catalog.iter().map(to_column).collect(),
-        Some(names) => names
-            .iter()
-            .map(|name| {
-                catalog.iter().find(|c| &c.name == name).map(to_column).ok_or_else(|| {
-                    ConnectorError::transient(format!(
-                        "column {name} of {id} is in the replication stream but not in the catalog (concurrent DDL); will retry"
-                    ))
-                })
-            })
-            .collect::<Result<_, _>>()?,
-    };
+/// Builds the schema of a table from the catalog as it is now (for the snapshot and the
+/// start of the stream), failing loudly when the table cannot be keyed.
+pub async fn table_schema(client: &Client, id: &TableId, relid: u32) -> Result<Arc<TableSchema>, ConnectorError> {
+    let columns: Vec<Column> = load_columns(client, relid).await?.iter().map(to_column).collect();
     let key_names = load_key(client, relid).await?;
     let replident: Option<String> = client
         .query_opt("SELECT relreplident::text FROM pg_class WHERE oid = $1", &[&relid])
         .await
         .map_err(|e| pg_error("reading replica identity", e))?
         .map(|r| r.get(0));
-    if replident.as_deref() == Some("n") {
+    let full = replident.as_deref() == Some("f");
+    check_identity(id, replident.as_deref() == Some("n"), key_names.is_empty() && !full)?;
+    let key = key_positions(id, &columns, &key_names)?;
+    let enum_labels = load_enums(client, relid).await?;
+    Ok(Arc::new(TableSchema { id: id.clone(), engine: Engine::Postgres, columns, key, enum_labels }))
+}
+
+/// Builds the schema of a table from a pgoutput Relation message: the columns, their types
+/// and the replica identity as they were when the change was logged (the catalog may be
+/// ahead of the stream: a column renamed, dropped or retyped since). The catalog only
+/// adds what the message lacks (nullability, the value of rows that predate a new column,
+/// enum labels), by column name, when it still has the column.
+pub async fn relation_schema(
+    client: &Client,
+    id: &TableId,
+    body: &crate::pgoutput::RelationBody,
+) -> Result<Arc<TableSchema>, ConnectorError> {
+    let oids: Vec<i64> = body.columns.iter().map(|c| i64::from(c.type_oid)).collect();
+    let mods: Vec<i32> = body.columns.iter().map(|c| c.type_modifier).collect();
+    let rows = client
+        .query(
+            "SELECT u.n, (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END)::int8, \
+                    (CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE u.m END), \
+                    (CASE WHEN t.typtype = 'd' THEN format_type(t.typbasetype, t.typtypmod) ELSE format_type(t.oid, u.m) END), \
+                    bt.typtype::text, bt.typcategory::text, btn.nspname::text, bt.typname::text \
+             FROM unnest($1::int8[], $2::int4[]) WITH ORDINALITY AS u(o, m, n) \
+             JOIN pg_type t ON t.oid = u.o::oid \
+             JOIN pg_type bt ON bt.oid = (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END) \
+             JOIN pg_namespace btn ON btn.oid = bt.typnamespace",
+            &[&oids, &mods],
+        )
+        .await
+        .map_err(|e| pg_error("reading the types of a replicated table", e))?;
+    let catalog = load_columns(client, body.id).await?;
+    let mut columns = Vec::with_capacity(body.columns.len());
+    for (i, rc) in body.columns.iter().enumerate() {
+        let row = rows.iter().find(|r| r.get::<_, i64>(0) == i as i64 + 1).ok_or_else(|| {
+            ConnectorError::fatal(format!(
+                "column {} of {id} has type OID {} which the source catalog does not know (dropped type?)",
+                rc.name, rc.type_oid
+            ))
+        })?;
+        let (oid, typmod): (i64, i32) = (row.get(1), row.get(2));
+        let (typtype, typcategory): (String, String) = (row.get(4), row.get(5));
+        let kind = column_type(oid as u32, typmod, &typtype, &typcategory);
+        let native_type = if kind == ColumnType::Enum {
+            format!("{}.{}", quote_ident(&row.get::<_, String>(6)), quote_ident(&row.get::<_, String>(7)))
+        } else {
+            row.get(3)
+        };
+        let now = catalog.iter().find(|c| c.name == rc.name);
+        columns.push(Column {
+            name: rc.name.clone(),
+            kind,
+            native_type,
+            nullable: now.is_none_or(|c| c.nullable),
+            existing_rows_value: now.and_then(|c| c.existing_rows_value.clone()),
+        });
+    }
+    let full = body.replica_identity == b'f';
+    // The message flags the replica identity's columns: the key, or every column (FULL).
+    let key_names: Vec<String> = if full {
+        let pk = load_key(client, body.id).await?;
+        if pk.iter().all(|k| columns.iter().any(|c| &c.name == k)) {
+            pk
+        } else {
+            Vec::new()
+        }
+    } else {
+        body.columns.iter().filter(|c| c.is_key()).map(|c| c.name.clone()).collect()
+    };
+    check_identity(id, body.replica_identity == b'n', key_names.is_empty() && !full)?;
+    let key = key_positions(id, &columns, &key_names)?;
+    let enum_labels = load_enums(client, body.id).await?;
+    Ok(Arc::new(TableSchema { id: id.clone(), engine: Engine::Postgres, columns, key, enum_labels }))
+}
+
+/// Refuses tables whose updates and deletes cannot be matched to target rows.
+fn check_identity(id: &TableId, nothing: bool, keyless_without_full: bool) -> Result<(), ConnectorError> {
+    if nothing {
         return Err(ConnectorError::fatal(format!(
             "table {id} has REPLICA IDENTITY NOTHING, so deletes carry no key: ALTER TABLE {} REPLICA IDENTITY DEFAULT",
             quote_table(id)
@@ -265,7 +326,7 @@ pub async fn table_schema(
     }
     // Without a key the rows are identified by their whole content, which the source
     // only logs under REPLICA IDENTITY FULL.
-    if key_names.is_empty() && replident.as_deref() != Some("f") {
+    if keyless_without_full {
         return Err(ConnectorError::fatal(format!(
             "table {id} has no primary key, so its updates and deletes cannot be matched to target rows: \
              add one (ALTER TABLE {t} ADD PRIMARY KEY (...)), set REPLICA IDENTITY USING INDEX on a unique index, \
@@ -273,16 +334,19 @@ pub async fn table_schema(
             t = quote_table(id)
         )));
     }
-    let mut key = Vec::with_capacity(key_names.len());
-    for name in &key_names {
-        let index = columns
-            .iter()
-            .position(|c| &c.name == name)
-            .ok_or_else(|| ConnectorError::fatal(format!("key column {name} of table {id} is not replicated")))?;
-        key.push(index);
-    }
-    let enum_labels = load_enums(client, relid).await?;
-    Ok(Arc::new(TableSchema { id: id.clone(), engine: Engine::Postgres, columns, key, enum_labels }))
+    Ok(())
+}
+
+fn key_positions(id: &TableId, columns: &[Column], key_names: &[String]) -> Result<Vec<usize>, ConnectorError> {
+    key_names
+        .iter()
+        .map(|name| {
+            columns
+                .iter()
+                .position(|c| &c.name == name)
+                .ok_or_else(|| ConnectorError::fatal(format!("key column {name} of table {id} is not replicated")))
+        })
+        .collect()
 }
 
 fn to_column(c: &CatalogColumn) -> Column {

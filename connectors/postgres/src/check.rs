@@ -110,7 +110,7 @@ pub async fn check_source(source_name: &str, endpoint: &PgEndpoint, tables: &[St
     match resolve_tables(&client, tables, source_name).await {
         Ok(found) => {
             for (id, relid) in found {
-                match table_schema(&client, &id, relid, None).await {
+                match table_schema(&client, &id, relid).await {
                     Ok(schema) => results.push(pass(
                         format!("table {id}"),
                         format!("{} columns, key ({})", schema.columns.len(), schema.key_names().join(", ")),

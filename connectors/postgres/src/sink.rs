@@ -850,6 +850,12 @@ async fn reconcile<C: GenericClient + Sync>(
     }
     let qtable = quote_table(target);
     let mut altered = false;
+    if let Some(previous) = &previous {
+        altered = follow_renames_and_drops(tx, previous, schema, target, &existing).await?;
+        if altered {
+            existing = load_target_columns(tx, target).await?;
+        }
+    }
     for column in &schema.columns {
         let declared = target_type(schema, column);
         match existing.iter().find(|(name, _, _)| name == &column.name) {
@@ -913,6 +919,49 @@ async fn reconcile<C: GenericClient + Sync>(
     state.targets.insert(target.clone(), table);
     state.reconciled.insert(target.clone(), schema.clone());
     Ok(())
+}
+
+/// Follows columns the source renamed or dropped since `previous` (columns the target
+/// does not have, e.g. left out of a pre-existing table, are skipped). Returns whether
+/// the table was altered.
+async fn follow_renames_and_drops<C: GenericClient + Sync>(
+    tx: &C,
+    previous: &TableSchema,
+    schema: &TableSchema,
+    target: &TableId,
+    existing: &[(String, String, String)],
+) -> Result<bool, ConnectorError> {
+    let changes = tidewater_core::ColumnChanges::between(previous, schema);
+    let has = |name: &str| existing.iter().any(|(n, _, _)| n == name);
+    let qtable = quote_table(target);
+    let mut altered = false;
+    for (old, new) in changes.renamed.iter().filter(|(old, new)| has(old) && !has(new)) {
+        let sql = format!("ALTER TABLE {qtable} RENAME COLUMN {} TO {}", quote_ident(old), quote_ident(new));
+        tx.batch_execute(&sql).await.map_err(|e| {
+            fatal_change(pg_error(format_args!("source renamed column {target}.{old} to {new}; following it"), e))
+        })?;
+        tracing::info!(table = %target, from = %old, to = %new, "renamed target column");
+        altered = true;
+    }
+    for column in changes.dropped.iter().filter(|c| has(c)) {
+        let sql = format!("ALTER TABLE {qtable} DROP COLUMN {}", quote_ident(column));
+        tx.batch_execute(&sql).await.map_err(|e| {
+            fatal_change(pg_error(format_args!("source dropped column {target}.{column}; following it"), e))
+        })?;
+        tracing::info!(table = %target, column = %column, "dropped target column");
+        altered = true;
+    }
+    Ok(altered)
+}
+
+/// A target that refuses to follow a schema change (a server error, not a lost
+/// connection) fails the pipeline: retrying would fail the same way.
+fn fatal_change(mut e: ConnectorError) -> ConnectorError {
+    if e.code.is_some() {
+        e.class = tidewater_core::ErrorClass::Fatal;
+        e.unclassified = false;
+    }
+    e
 }
 
 /// (name, cast type without typmod, full type) of each column; empty when the table does

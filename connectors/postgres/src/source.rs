@@ -43,7 +43,7 @@ use tidewater_core::{
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_postgres::Client;
 
-use crate::catalog::{coverage, resolve_tables, table_schema};
+use crate::catalog::{coverage, relation_schema, resolve_tables, table_schema};
 use crate::conn::{connect, PgEndpoint};
 use crate::pgoutput::{self, LogicalMessage, TupleData, TupleValue};
 use crate::replication::{
@@ -346,7 +346,7 @@ impl Source for PgSource {
         self.tables = resolve_tables(&client, &self.cfg.tables, &self.cfg.source_name).await?;
         let mut schemas = Vec::with_capacity(self.tables.len());
         for (id, relid) in &self.tables {
-            schemas.push(table_schema(&client, id, *relid, None).await?);
+            schemas.push(table_schema(&client, id, *relid).await?);
         }
         Ok(schemas)
     }
@@ -927,8 +927,7 @@ impl Reader {
             }
             LogicalMessage::Relation(body) => {
                 let id = TableId::new(body.namespace.clone(), body.name.clone());
-                let names: Vec<String> = body.columns.iter().map(|c| c.name.clone()).collect();
-                let schema = table_schema(&self.client, &id, body.id, Some(&names)).await?;
+                let schema = relation_schema(&self.client, &id, &body).await?;
                 let schema = match self.relations.get(&body.id) {
                     Some(old) if *old.schema == *schema => old.schema.clone(),
                     Some(_) => {

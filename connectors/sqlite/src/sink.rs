@@ -1085,6 +1085,33 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// Follows columns the source renamed or dropped since `previous` (SQLite 3.25+ renames,
+    /// 3.35+ drops columns; columns the target does not have are skipped). Returns whether
+    /// the table was altered.
+    async fn follow_renames_and_drops(
+        &mut self,
+        previous: &TableSchema,
+        schema: &TableSchema,
+        name: &str,
+        existing: &[TargetColumn],
+    ) -> Result<bool, ConnectorError> {
+        let changes = tidewater_core::ColumnChanges::between(previous, schema);
+        let has = |c: &str| existing.iter().any(|e| e.name == c);
+        let qtable = quote_ident(name);
+        let mut altered = false;
+        for (old, new) in changes.renamed.iter().filter(|(old, new)| has(old) && !has(new)) {
+            let sql = format!("ALTER TABLE {qtable} RENAME COLUMN {} TO {}", quote_ident(old), quote_ident(new));
+            self.exec(&sql, format!("the source renamed column {name}.{old} to {new}; following it")).await?;
+            altered = true;
+        }
+        for column in changes.dropped.iter().filter(|c| has(c)) {
+            let sql = format!("ALTER TABLE {qtable} DROP COLUMN {}", quote_ident(column));
+            self.exec(&sql, format!("the source dropped column {name}.{column}; following it")).await?;
+            altered = true;
+        }
+        Ok(altered)
+    }
+
     /// Makes the target table fit the source schema: creates it, checks its key, adds
     /// missing columns, refuses type changes it cannot store exactly. Runs inside the
     /// caller's transaction so DDL and data commit together.
@@ -1098,6 +1125,11 @@ impl Writer<'_> {
             existing = self.load_columns(name).await?;
         } else if previous.as_ref().is_none_or(|p| p.key_names() != schema.key_names()) {
             self.check_key(schema, name, &existing).await?;
+        }
+        if let Some(previous) = &previous {
+            if self.follow_renames_and_drops(previous, schema, name, &existing).await? {
+                existing = self.load_columns(name).await?;
+            }
         }
         let mut added = false;
         for column in &schema.columns {

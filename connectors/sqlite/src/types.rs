@@ -12,6 +12,9 @@ use std::borrow::Cow;
 use chrono::{DateTime, Datelike, NaiveDateTime, Utc};
 use tidewater_core::{ColumnType, Value};
 
+/// The declared type of a column created for an unsigned 64-bit source column.
+pub const UINT64_DECLARED: &str = "UNSIGNED64 BLOB";
+
 /// The declared SQLite type of a column created for a source column of type `kind`, and
 /// how its values are stored. One table; the README shows the same.
 ///
@@ -19,7 +22,7 @@ use tidewater_core::{ColumnType, Value};
 /// |---|---|---|
 /// | `Bool` | `INTEGER` | 0 / 1 |
 /// | `Int16`, `Int32`, `Int64` | `INTEGER` | integer |
-/// | `UInt64` | `INTEGER` | integer; a value above 2^63-1 does not fit an `INTEGER` column and is dead-lettered (declare the column `TEXT` to keep such values exactly, as decimal text) |
+/// | `UInt64` | `UNSIGNED64 BLOB` (no affinity) | integer up to 2^63-1, exact decimal text above (integers sort before text, so order is kept); a column declared `INTEGER` by hand dead-letters values above 2^63-1 |
 /// | `Float32`, `Float64` | `REAL` | float; ±Infinity as float; NaN as the text `'NaN'` (SQLite would store a NaN float as NULL) |
 /// | `Numeric` | `TEXT` | exact decimal text (`12.50`, `NaN`) |
 /// | `Text`, `Varchar`, `Char`, `Enum` | `TEXT` | text |
@@ -40,7 +43,11 @@ use tidewater_core::{ColumnType, Value};
 /// keep the source's text.
 pub fn declared_type(kind: &ColumnType) -> &'static str {
     match kind {
-        ColumnType::Bool | ColumnType::Int16 | ColumnType::Int32 | ColumnType::Int64 | ColumnType::UInt64 => "INTEGER",
+        ColumnType::Bool | ColumnType::Int16 | ColumnType::Int32 | ColumnType::Int64 => "INTEGER",
+        // No affinity ("BLOB" in the name, no "INT"): values up to 2^63-1 are stored as
+        // integers, larger ones as their exact decimal text (an INTEGER column would turn
+        // them into rounded floats).
+        ColumnType::UInt64 => UINT64_DECLARED,
         ColumnType::Float32 | ColumnType::Float64 => "REAL",
         ColumnType::Bytes => "BLOB",
         ColumnType::Numeric { .. }
