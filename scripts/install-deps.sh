@@ -65,16 +65,18 @@ sleep                  coreutils             all          -
 date                   coreutils             all          -
 dirname                coreutils             all          -
 basename               coreutils             all          -
-tee                    coreutils             all          -
 sort                   coreutils             all          -
 cp                     coreutils             all          -
 env                    coreutils             all          -
+cut                    coreutils             all          -
+md5sum                 coreutils             all          -
 # -- building: cargo links with cc; ring and the bundled SQLite compile C
 cc                     gcc                   all          -
 libc-dev               libc6-dev             all          /usr/include/stdio.h
 ca-certificates        ca-certificates       all          /etc/ssl/certs/ca-certificates.crt
 cargo                  @rustup               all          -
 rustup                 @rustup               all          -
+rustc                  @rustup               all          -
 cargo-fmt              @rustup               all          -
 cargo-clippy           @rustup               all          -
 sudo                   @optional             all          -
@@ -85,7 +87,6 @@ git                    git                   fresh-check  -
 chroot                 coreutils             fresh-check  -
 mount                  mount                 fresh-check  -
 umount                 mount                 fresh-check  -
-mountpoint             util-linux            fresh-check  -
 ls                     coreutils             fresh-check  -
 readlink               coreutils             fresh-check  -
 mv                     coreutils             fresh-check  -
