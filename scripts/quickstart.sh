@@ -346,7 +346,7 @@ INSERT INTO shop.products (sku, name, price) VALUES (CONCAT('SKU-', UUID_SHORT()
 INSERT INTO shop.stock (product_id, warehouse, quantity) VALUES (LAST_INSERT_ID(), 'AMS', 10);
 UPDATE shop.stock SET quantity = quantity + 1 WHERE product_id = 1 + FLOOR(RAND() * 1000);
 UPDATE shop.products SET price = price + 0.01 WHERE id = 1 + FLOOR(RAND() * 1000);
-DELETE FROM shop.stock WHERE product_id = (SELECT MIN(product_id) FROM shop.stock);
+DELETE FROM shop.stock ORDER BY product_id LIMIT 1;
 COMMIT;
 "
 start_s=$SECONDS
