@@ -8,7 +8,7 @@
 #
 # Only what is missing is installed: apt-get as root directly, else with `sudo -n`; when
 # neither works it prints the one command to run and exits 1. Quiet (no output) when
-# everything is present. The Rust toolchain: rustup (https://rustup.rs, minimal profile
+# everything is present. The Rust toolchain: rustup-init from static.rust-lang.org (minimal profile
 # + rustfmt and clippy) when cargo is missing, the rustfmt/clippy components when rustup
 # is there but they are not.
 #
@@ -69,6 +69,7 @@ sort                   coreutils             all          -
 cp                     coreutils             all          -
 env                    coreutils             all          -
 cut                    coreutils             all          -
+uname                  coreutils             all          -
 md5sum                 coreutils             all          -
 # -- building: cargo links with cc; ring and the bundled SQLite compile C
 cc                     gcc                   all          -
@@ -177,12 +178,14 @@ fi
 if ! type -P cargo >/dev/null 2>&1; then
     echo "==> installing the Rust toolchain with rustup (stable, minimal + rustfmt, clippy) into $HOME/.cargo" >&2
     rustup_init="$(mktemp)"
-    if ! curl --proto '=https' --tlsv1.2 -fsSL https://sh.rustup.rs -o "$rustup_init"; then
+    rustup_url="https://static.rust-lang.org/rustup/dist/$(uname -m)-unknown-linux-gnu/rustup-init"
+    if ! curl --proto '=https' --tlsv1.2 -fsSL "$rustup_url" -o "$rustup_init"; then
         rm -f "$rustup_init"
-        echo "install-deps.sh: cannot download rustup from https://sh.rustup.rs; install Rust (stable) by hand" >&2
+        echo "install-deps.sh: cannot download $rustup_url; install Rust (stable) by hand: https://rustup.rs" >&2
         exit 1
     fi
-    sh "$rustup_init" -y --no-modify-path --profile minimal -c rustfmt -c clippy </dev/null >&2
+    chmod +x "$rustup_init"
+    "$rustup_init" -y --no-modify-path --profile minimal -c rustfmt -c clippy </dev/null >&2
     rm -f "$rustup_init"
     # shellcheck disable=SC1091
     source "$HOME/.cargo/env"

@@ -561,6 +561,8 @@ const SHELL_VARIABLE_COMMANDS: &[(&str, &str)] = &[
     ("TIDEWATER_BIN", ""),
     ("@", ""),
     ("as_root[@]", "<wrapper>"),
+    // scripts/install-deps.sh: the downloaded rustup-init
+    ("rustup_init", "rustup"),
     // scripts/bench.sh: hold names of its own functions (wait_my, fp_pg, reached, ...)
     ("wait_cmd", ""),
     ("fp_cmd", ""),
