@@ -10,6 +10,7 @@
 #      the first deb.debian.org-style URI in /etc/apt/sources.list*), with the bookworm,
 #      bookworm-updates and bookworm-security suites, /proc, /sys, /dev mounted and a
 #      policy-rc.d that keeps package scripts from starting services (like a container),
+#      the host's resolv.conf and local CA certificates (/usr/local/share/ca-certificates),
 #   3. clones this repository's committed HEAD into DIR/root/tidewater (uncommitted changes
 #      are not part of the check),
 #   4. the Rust toolchain: FRESH_RUST=install (default when https://static.rust-lang.org is
@@ -113,6 +114,13 @@ EOF
 printf '#!/bin/sh\nexit 101\n' >"$ROOT/usr/sbin/policy-rc.d"
 chmod +x "$ROOT/usr/sbin/policy-rc.d"
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# This machine's network: local CAs (e.g. of a TLS-inspecting egress proxy) go in as a
+# site's base image would have them; the ca-certificates package that install-deps.sh
+# installs picks them up.
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+    mkdir -p "$ROOT/usr/local/share/ca-certificates"
+    cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"
+fi
 echo "tidewater-fresh" >"$ROOT/etc/hostname"
 
 mount -t proc proc "$ROOT/proc"
