@@ -135,6 +135,7 @@ if [[ "$WITH_MARIADB" == 1 ]]; then
     tw_log "shop: 127.0.0.1:$SHOP_PORT; creating shop.products and shop.stock"
     my_sql shop <<'SQL'
 CREATE DATABASE shop CHARACTER SET utf8mb4;
+USE shop;
 CREATE TABLE shop.products (
     id         INT AUTO_INCREMENT PRIMARY KEY,
     sku        VARCHAR(32) NOT NULL UNIQUE,
