@@ -123,7 +123,8 @@ rows() {
 present() {
     local prog="$1" check="$2"
     if [[ "$check" == - ]]; then
-        type -P "$prog" >/dev/null 2>&1
+        # sbin too: a user's PATH often lacks it (runuser, mariadbd live there)
+        PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin" type -P "$prog" >/dev/null 2>&1
     else
         [[ -e "$check" ]]
     fi
