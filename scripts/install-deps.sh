@@ -178,16 +178,18 @@ if ! type -P cargo >/dev/null 2>&1 && [[ -f "$HOME/.cargo/env" ]]; then
 fi
 if ! type -P cargo >/dev/null 2>&1; then
     echo "==> installing the Rust toolchain with rustup (stable, minimal + rustfmt, clippy) into $HOME/.cargo" >&2
-    rustup_init="$(mktemp)"
+    # rustup-init must keep its name: rustup picks its behaviour from argv[0].
+    rustup_dir="$(mktemp -d)"
+    rustup_init="$rustup_dir/rustup-init"
     rustup_url="https://static.rust-lang.org/rustup/dist/$(uname -m)-unknown-linux-gnu/rustup-init"
     if ! curl --proto '=https' --tlsv1.2 -fsSL "$rustup_url" -o "$rustup_init"; then
-        rm -f "$rustup_init"
+        rm -rf "$rustup_dir"
         echo "install-deps.sh: cannot download $rustup_url; install Rust (stable) by hand: https://rustup.rs" >&2
         exit 1
     fi
     chmod +x "$rustup_init"
     "$rustup_init" -y --no-modify-path --profile minimal -c rustfmt -c clippy </dev/null >&2
-    rm -f "$rustup_init"
+    rm -rf "$rustup_dir"
     # shellcheck disable=SC1091
     source "$HOME/.cargo/env"
 elif type -P rustup >/dev/null 2>&1; then
