@@ -314,11 +314,15 @@ sync_table 60 || daemon_died "the targets did not reach their sources' contents"
 
 # ------------------------------------------------------------------ writer loop
 STOP=0
+# The trap may run inside a command whose output goes to /dev/null: it writes to fd 9.
+exec 9>&2
 on_int() {
     if [[ "$STOP" == 1 ]]; then exit 130; fi
     STOP=1
-    echo >&2
-    tw_log "Ctrl-C: stopping the writer (press Ctrl-C again to abort immediately)"
+    {
+        echo
+        tw_log "Ctrl-C: stopping the writer (press Ctrl-C again to abort immediately)"
+    } >&9
 }
 trap on_int INT
 
