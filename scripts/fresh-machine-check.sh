@@ -57,6 +57,8 @@ else
     mkdir -p "$ROOT"
 fi
 ROOT="$(cd "$ROOT" && pwd)"
+# mktemp -d makes it 0700: the tree's / must be traversable by its postgres and mysql users.
+chmod 755 "$ROOT"
 MOUNTS=()
 
 cleanup() {
