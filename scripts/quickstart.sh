@@ -1,38 +1,51 @@
 #!/usr/bin/env bash
-# Tidewater quickstart: a complete CDC pipeline on two throwaway PostgreSQL 15 servers.
+# Tidewater quickstart: three CDC pipelines on throwaway servers, until Ctrl-C.
 #
-#   scripts/quickstart.sh [--keep] [--duration SECONDS]
+#   scripts/quickstart.sh [--duration SECONDS] [--keep]
 #
 # What it does:
-#   1. builds the release binary (cargo build --release; skipped with TIDEWATER_BIN=path),
-#   2. starts a throwaway "source" and "target" PostgreSQL server on free ports of
-#      127.0.0.1 (data in /tmp/tidewater-quickstart.XXXXXX),
-#   3. creates database `app` on the source with public.customers and public.orders
-#      (a few thousand rows) owned by the role `replicator`, and database `warehouse` on
-#      the target,
-#   4. writes a config (snapshot = "initial") and runs `tidewater check`, then starts
-#      `tidewater run` in the background (log: <tmp>/tidewater.log),
-#   5. runs a small writer on the source (inserts, updates, deletes every second) for
-#      --duration seconds (default 20) or until Ctrl-C, printing `tidewater status`
-#      every 5 seconds,
-#   6. waits for the target to catch up, prints row counts source vs target, stops the
-#      daemon with SIGTERM and removes everything.
+#   1. installs what is missing (scripts/install-deps.sh: PostgreSQL 15, MariaDB, ...; as
+#      root or with sudo, otherwise it prints the command to run) and builds the release
+#      binary (cargo build --release; skipped with TIDEWATER_BIN=path),
+#   2. starts throwaway servers on free ports of 127.0.0.1 (data in
+#      /tmp/tidewater-quickstart.XXXXXX): a PostgreSQL "source" (database `app`:
+#      public.customers, public.orders), a PostgreSQL "target" (database `warehouse`) and,
+#      when mariadbd is installed, a MariaDB "shop" server with a row binlog (database
+#      `shop`: shop.products, shop.stock; QUICKSTART_MARIADB=0 leaves it out),
+#   3. writes a config (snapshot = "initial") with the pipelines
+#        app_to_warehouse    PostgreSQL app   -> PostgreSQL warehouse
+#        app_to_edge         PostgreSQL app   -> SQLite <tmp>/edge.db (embedded target)
+#        shop_to_warehouse   MariaDB shop     -> PostgreSQL warehouse (schema shop)
+#      runs `tidewater check`, then `tidewater run` in the background (log:
+#      <tmp>/tidewater.log),
+#   4. once every pipeline is streaming and its target equals its source, prints the rows
+#      of each pipeline's target tables (`tidewater verify`: counts and checksums),
+#   5. keeps a small writer changing the sources every second (inserts, updates, deletes)
+#      and prints `tidewater status` every 10 seconds, until Ctrl-C,
+#   6. on Ctrl-C: stops the writer, waits for the targets to catch up, prints the table
+#      again, stops the daemon with SIGTERM and removes everything.
 #
+# Non-interactive (CI, tests): --duration SECONDS (or QUICKSTART_DURATION=SECONDS) stops the
+# writer after that many seconds instead of waiting for Ctrl-C; without a terminal on
+# stdin the default is 20 seconds. Exit code 0 when every target equals its source.
 # --keep leaves the servers and the daemon running, and prints how to connect and how to
-# stop them. Needs: PostgreSQL 15 server binaries (/usr/lib/postgresql/15/bin or PG_BIN),
-# psql, curl, jq or python3; as root also the `postgres` OS user.
+# stop them. PG_BIN: other PostgreSQL server binaries (default /usr/lib/postgresql/15/bin).
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# Installs only what is missing; quiet when everything is there.
+bash "$SCRIPT_DIR/install-deps.sh"
 # shellcheck source=lib/pg.sh
 source "$SCRIPT_DIR/lib/pg.sh"
+# shellcheck source=lib/mysql.sh
+source "$SCRIPT_DIR/lib/mysql.sh"
 
 usage() {
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
 }
 
 KEEP=0
-DURATION=20
+DURATION="${QUICKSTART_DURATION:-}"
 while [[ $# -gt 0 ]]; do
     case "$1" in
     --keep) KEEP=1 ;;
@@ -53,9 +66,18 @@ while [[ $# -gt 0 ]]; do
     esac
     shift
 done
-[[ "$DURATION" =~ ^[0-9]+$ ]] || tw_die "--duration must be a whole number of seconds"
+if [[ -z "$DURATION" && ! -t 0 ]]; then
+    DURATION=20
+fi
+[[ -z "$DURATION" || "$DURATION" =~ ^[0-9]+$ ]] || tw_die "--duration must be a whole number of seconds"
+
+WITH_MARIADB=0
+if [[ "${QUICKSTART_MARIADB:-1}" != 0 ]] && [[ -x "$MARIADBD" ]]; then
+    WITH_MARIADB=1
+fi
 
 tw_require_tools
+if [[ "$WITH_MARIADB" == 1 ]]; then my_require_tools; fi
 tw_build
 tw_make_workdir quickstart
 tw_log "work dir: $TW_WORK"
@@ -106,12 +128,42 @@ SELECT 1 + (g * 7919) % 2000,
 FROM generate_series(1, 5000) g;
 SQL
 
+if [[ "$WITH_MARIADB" == 1 ]]; then
+    tw_log "starting the MariaDB shop server (row binlog)"
+    my_server_start shop 1 binlog
+    SHOP_PORT="$(my_port shop)"
+    tw_log "shop: 127.0.0.1:$SHOP_PORT; creating shop.products and shop.stock"
+    my_sql shop <<'SQL'
+CREATE DATABASE shop CHARACTER SET utf8mb4;
+USE shop;
+CREATE TABLE shop.products (
+    id         INT AUTO_INCREMENT PRIMARY KEY,
+    sku        VARCHAR(32) NOT NULL UNIQUE,
+    name       VARCHAR(200) NOT NULL,
+    price      DECIMAL(10, 2) NOT NULL,
+    updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+);
+CREATE TABLE shop.stock (
+    product_id INT PRIMARY KEY,
+    warehouse  VARCHAR(16) NOT NULL,
+    quantity   INT NOT NULL
+);
+INSERT INTO shop.products (sku, name, price)
+SELECT CONCAT('SKU-', seq), CONCAT('Product ', seq), 1 + (seq * 37) % 300 + (seq % 100) / 100
+FROM seq_1_to_1000;
+INSERT INTO shop.stock (product_id, warehouse, quantity)
+SELECT seq, ELT(1 + seq % 3, 'AMS', 'FRA', 'NYC'), (seq * 13) % 250
+FROM seq_1_to_1000;
+SQL
+fi
+
 # ------------------------------------------------------------------ config
 STATUS_PORT="$(tw_free_port)"
 STATUS_URL="http://127.0.0.1:$STATUS_PORT"
 PW_FILE="$TW_WORK/replicator.pw"
 CONFIG="$TW_WORK/tidewater.toml"
 DAEMON_LOG="$TW_WORK/tidewater.log"
+EDGE_DB="$TW_WORK/edge.db"
 (umask 077 && printf '%s\n' "$REPLICATOR_PASSWORD" >"$PW_FILE")
 
 cat >"$CONFIG" <<EOF
@@ -134,13 +186,45 @@ type = "postgres"
 url = "postgres://$REPLICATOR_USER@127.0.0.1:$TGT_PORT/warehouse"
 password_file = "$PW_FILE"
 
+[targets.edge]
+type = "sqlite"
+path = "$EDGE_DB"
+
 [[pipelines]]
-name = "quickstart"
+name = "app_to_warehouse"
 source = "app"
 target = "warehouse"
 snapshot = "initial"
 on_error = "dead_letter"
+
+[[pipelines]]
+name = "app_to_edge"
+source = "app"
+target = "edge"
+snapshot = "initial"
+on_error = "dead_letter"
 EOF
+PIPELINES=(app_to_warehouse app_to_edge)
+if [[ "$WITH_MARIADB" == 1 ]]; then
+    # One [sources.*] section per MySQL pipeline (each binlog reader has its own server_id).
+    cat >>"$CONFIG" <<EOF
+
+[sources.shop]
+type = "mysql"
+url = "mysql://$REPLICATOR_USER@127.0.0.1:$SHOP_PORT"
+password_file = "$PW_FILE"
+server_id = 4201
+tables = ["shop.products", "shop.stock"]
+
+[[pipelines]]
+name = "shop_to_warehouse"
+source = "shop"
+target = "warehouse"
+snapshot = "initial"
+on_error = "dead_letter"
+EOF
+    PIPELINES+=(shop_to_warehouse)
+fi
 tw_log "config: $CONFIG"
 sed 's/^/    /' "$CONFIG"
 
@@ -157,26 +241,99 @@ setsid "$TIDEWATER" run --config "$CONFIG" >"$DAEMON_LOG" 2>&1 </dev/null &
 DAEMON_PID=$!
 tw_track_pid "$DAEMON_PID"
 
-if ! tw_wait_state "$STATUS_PORT" streaming 120 "$DAEMON_PID"; then
+daemon_died() {
     echo "--- tidewater log (tail) ---" >&2
     tail -n 40 "$DAEMON_LOG" >&2 || true
-    tw_die "the pipeline did not reach 'streaming'"
+    tw_die "$1"
+}
+
+# Waits until every pipeline of the config is streaming.
+wait_all_streaming() {
+    local timeout_s="$1" i k n state
+    for ((i = 0; i < timeout_s * 5; i++)); do
+        kill -0 "$DAEMON_PID" 2>/dev/null || return 1
+        n=0
+        for ((k = 0; k < ${#PIPELINES[@]}; k++)); do
+            state="$(tw_status_field "$STATUS_PORT" ".pipelines[$k].state")"
+            [[ "$state" == streaming ]] && n=$((n + 1))
+        done
+        [[ "$n" == "${#PIPELINES[@]}" ]] && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
+# Runs `tidewater verify` until every target equals its source (or TIMEOUT_S pass), then
+# prints one line per pipeline and table: rows and whether the contents are identical.
+# Returns 0 when all match.
+VERIFY_OUT="$TW_WORK/verify.out"
+sync_table() {
+    local timeout_s="$1" start=$SECONDS rc=1 line
+    while :; do
+        if "$TIDEWATER" verify --config "$CONFIG" >"$VERIFY_OUT" 2>&1; then
+            rc=0
+            break
+        fi
+        ((SECONDS - start < timeout_s)) || break
+        kill -0 "$DAEMON_PID" 2>/dev/null || break
+        sleep 1
+    done
+    echo
+    printf '%-19s %-21s %-30s %12s %12s  %s\n' pipeline "source table" "target" "source rows" "target rows" contents
+    while IFS= read -r line; do
+        local re_ok='^\[ok\] +([a-z0-9_]+): ([^ ]+) -> (.+): ([0-9]+) rows match'
+        local re_diff='^\[DIFF\] +([a-z0-9_]+): ([^ ]+) -> (.+): source ([0-9]+) rows, target ([0-9]+) rows'
+        local re_fail='^\[FAIL\] +([a-z0-9_]+): ([^ ]+) -> ([^:]+): (.*)$'
+        if [[ "$line" =~ $re_ok ]]; then
+            printf '%-19s %-21s %-30s %12s %12s  %s\n' "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}" \
+                "${BASH_REMATCH[3]}" "${BASH_REMATCH[4]}" "${BASH_REMATCH[4]}" identical
+        elif [[ "$line" =~ $re_diff ]]; then
+            printf '%-19s %-21s %-30s %12s %12s  %s\n' "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}" \
+                "${BASH_REMATCH[3]}" "${BASH_REMATCH[4]}" "${BASH_REMATCH[5]}" DIFFERENT
+        elif [[ "$line" =~ $re_fail ]]; then
+            printf '%-19s %-21s %-30s %12s %12s  %s\n' "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}" \
+                "${BASH_REMATCH[3]}" "?" "?" "FAILED: ${BASH_REMATCH[4]}"
+        fi
+    done <"$VERIFY_OUT"
+    echo
+    if [[ "$rc" != 0 ]]; then
+        tw_warn "tidewater verify still finds differences after ${timeout_s}s:"
+        sed 's/^/    /' "$VERIFY_OUT" >&2
+    fi
+    return "$rc"
+}
+
+if ! wait_all_streaming 180; then
+    "$TIDEWATER" status --url "$STATUS_URL" >&2 || true
+    daemon_died "not every pipeline reached 'streaming'"
 fi
-tw_log "snapshot done, pipeline is streaming"
+tw_log "snapshots done, ${#PIPELINES[@]} pipelines are streaming: ${PIPELINES[*]}"
 "$TIDEWATER" status --url "$STATUS_URL" || true
+tw_log "rows per pipeline target (tidewater verify: counts and checksums, source vs target)"
+sync_table 60 || daemon_died "the targets did not reach their sources' contents"
 
 # ------------------------------------------------------------------ writer loop
 STOP=0
+# The trap may run inside a command whose output goes to /dev/null: it writes to fd 9.
+exec 9>&2
 on_int() {
     if [[ "$STOP" == 1 ]]; then exit 130; fi
     STOP=1
-    echo >&2
-    tw_log "Ctrl-C: stopping the writer (press Ctrl-C again to abort immediately)"
+    {
+        echo
+        tw_log "Ctrl-C: stopping the writer (press Ctrl-C again to abort immediately)"
+    } >&9
 }
 trap on_int INT
 
-tw_log "writing to the source for ${DURATION}s (Ctrl-C to stop early)"
-WRITER_SQL="
+if [[ -n "$DURATION" ]]; then
+    tw_log "writing to the sources for ${DURATION}s (Ctrl-C to stop early)"
+else
+    tw_log "writing to the sources every second; press Ctrl-C to stop"
+    echo "    status:  $TIDEWATER status --url $STATUS_URL"
+    echo "    SQLite:  $EDGE_DB"
+fi
+PG_WRITER_SQL="
 BEGIN;
 INSERT INTO public.orders (customer_id, amount, status, note)
 SELECT 1 + floor(random() * 2000)::int, round((random() * 300)::numeric, 2), 'new', 'quickstart writer'
@@ -188,76 +345,44 @@ WHERE id = 1 + floor(random() * 2000)::int;
 DELETE FROM public.orders WHERE id = (SELECT min(id) FROM public.orders);
 COMMIT;
 "
+MY_WRITER_SQL="
+START TRANSACTION;
+INSERT INTO shop.products (sku, name, price) VALUES (CONCAT('SKU-', UUID_SHORT()), 'New product', 9.99);
+INSERT INTO shop.stock (product_id, warehouse, quantity) VALUES (LAST_INSERT_ID(), 'AMS', 10);
+UPDATE shop.stock SET quantity = quantity + 1 WHERE product_id = 1 + FLOOR(RAND() * 1000);
+UPDATE shop.products SET price = price + 0.01 WHERE id = 1 + FLOOR(RAND() * 1000);
+DELETE FROM shop.stock ORDER BY product_id LIMIT 1;
+COMMIT;
+"
 start_s=$SECONDS
 last_status=$SECONDS
 ticks=0
-while [[ "$STOP" == 0 ]] && ((SECONDS - start_s < DURATION)); do
-    if ! pg_psql_as "$REPLICATOR_USER" source app -c "$WRITER_SQL" >/dev/null 2>&1; then
+while [[ "$STOP" == 0 ]] && { [[ -z "$DURATION" ]] || ((SECONDS - start_s < DURATION)); }; do
+    if ! pg_psql_as "$REPLICATOR_USER" source app -c "$PG_WRITER_SQL" >/dev/null 2>&1; then
         [[ "$STOP" == 1 ]] && break
-        tw_die "the writer's transaction failed on the source"
+        tw_die "the writer's transaction failed on the PostgreSQL source"
+    fi
+    if [[ "$WITH_MARIADB" == 1 ]] && ! my_sql shop -e "$MY_WRITER_SQL" >/dev/null 2>&1; then
+        [[ "$STOP" == 1 ]] && break
+        tw_die "the writer's transaction failed on the MariaDB source"
     fi
     ticks=$((ticks + 1))
-    if ! kill -0 "$DAEMON_PID" 2>/dev/null; then
-        echo "--- tidewater log (tail) ---" >&2
-        tail -n 40 "$DAEMON_LOG" >&2 || true
-        tw_die "tidewater exited unexpectedly"
-    fi
-    if ((SECONDS - last_status >= 5)); then
+    kill -0 "$DAEMON_PID" 2>/dev/null || daemon_died "tidewater exited unexpectedly"
+    if ((SECONDS - last_status >= 10)); then
         last_status=$SECONDS
-        echo "--- $(date +%T) after $ticks writer transactions ---"
+        echo "--- $(date +%T) after $ticks writer rounds ---"
         "$TIDEWATER" status --url "$STATUS_URL" || true
     fi
     sleep 1 || true
 done
 trap 'exit 130' INT
-tw_log "writer done: $ticks transactions"
+tw_log "writer done: $ticks rounds of transactions"
 
 # ------------------------------------------------------------------ catch up and compare
-# Each table: row count and a checksum over all rows (same query on both sides).
-declare -A COLUMNS=(
-    [public.customers]="id, name, email, country, created_at"
-    [public.orders]="id, customer_id, amount, status, note, created_at"
-)
-table_summary() {
-    local server="$1" db="$2" table="$3"
-    pg_psql "$server" "$db" -c "SET TimeZone = 'UTC'" -c \
-        "SELECT count(*) || ' ' || coalesce(md5(string_agg(ROW(${COLUMNS[$table]})::text, ',' ORDER BY id)), '-') FROM $table"
-}
-
-tw_log "waiting for the target to catch up"
-END_LSN="$(pg_psql source app -c "SELECT pg_current_wal_insert_lsn()")"
-caught_up=0
-for ((i = 0; i < 150; i++)); do
-    flushed="$(pg_psql source app -c \
-        "SELECT coalesce(confirmed_flush_lsn >= '$END_LSN'::pg_lsn, false) FROM pg_replication_slots WHERE slot_name = 'tidewater_quickstart'")"
-    if [[ "$flushed" == t ]]; then
-        caught_up=1
-        break
-    fi
-    sleep 0.2
-done
-[[ "$caught_up" == 1 ]] || tw_warn "the slot did not confirm the source position $END_LSN within 30s"
-
-echo
-"$TIDEWATER" status --url "$STATUS_URL" || true
-echo
-printf '%-20s %12s %12s  %s\n' table "source rows" "target rows" "contents"
+tw_log "waiting for the targets to catch up"
 all_equal=1
-for table in public.customers public.orders; do
-    read -r src_n src_sum <<<"$(table_summary source app "$table")"
-    if tgt="$(table_summary target warehouse "$table" 2>/dev/null)"; then
-        read -r tgt_n tgt_sum <<<"$tgt"
-    else
-        tgt_n="?"
-        tgt_sum="?"
-    fi
-    if [[ "$src_n" == "$tgt_n" && "$src_sum" == "$tgt_sum" ]]; then verdict="identical"; else
-        verdict="DIFFERENT"
-        all_equal=0
-    fi
-    printf '%-20s %12s %12s  %s\n' "$table" "$src_n" "$tgt_n" "$verdict"
-done
-echo
+sync_table 90 || all_equal=0
+"$TIDEWATER" status --url "$STATUS_URL" || true
 if grep -qE '\b(ERROR|WARN)\b' "$DAEMON_LOG"; then
     tw_warn "the daemon logged warnings or errors:"
     grep -E '\b(ERROR|WARN)\b' "$DAEMON_LOG" | tail -n 20 >&2
@@ -273,6 +398,10 @@ kill -TERM $DAEMON_PID 2>/dev/null && while kill -0 $DAEMON_PID 2>/dev/null; do 
 for s in source target; do
     $(if tw_is_root; then echo "runuser -u $PG_OS_USER -- "; fi)$PG_BIN/pg_ctl -D "$TW_WORK/\$s/data" -m fast -w stop
 done
+if [ -f "$TW_WORK/shop/mariadbd.pid" ]; then
+    pid=\$(cat "$TW_WORK/shop/mariadbd.pid")
+    kill -TERM "\$pid" 2>/dev/null && while kill -0 "\$pid" 2>/dev/null; do sleep 0.2; done
+fi
 rm -rf "$TW_WORK"
 EOF
     chmod +x "$TW_WORK/stop.sh"
@@ -284,6 +413,12 @@ Left running (--keep):
                     (as replicator over TCP: PGPASSWORD=$REPLICATOR_PASSWORD $PSQL -h 127.0.0.1 -p $SRC_PORT -U $REPLICATOR_USER -d app)
   target server     $(pg_connect_hint target warehouse)
                     (as replicator over TCP: PGPASSWORD=$REPLICATOR_PASSWORD $PSQL -h 127.0.0.1 -p $TGT_PORT -U $REPLICATOR_USER -d warehouse)
+  SQLite target     $EDGE_DB
+EOF
+    if [[ "$WITH_MARIADB" == 1 ]]; then
+        echo "  MariaDB shop      $(my_connect_hint shop)"
+    fi
+    cat <<EOF
 To stop everything and delete $TW_WORK:
   $TW_WORK/stop.sh
 EOF
@@ -296,8 +431,8 @@ tw_stop_pid "$DAEMON_PID" 30
 tw_untrack_pid "$DAEMON_PID"
 tail -n 5 "$DAEMON_LOG" | sed 's/^/    /'
 if [[ "$all_equal" == 1 ]]; then
-    tw_log "done: source and target are identical"
+    tw_log "done: every target is identical to its source (${PIPELINES[*]})"
 else
-    tw_warn "source and target differ (daemon log: see above)"
+    tw_warn "some targets differ from their sources (see the table and the daemon log above)"
     exit 1
 fi

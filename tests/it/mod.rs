@@ -1,3 +1,4 @@
+mod deps;
 mod dlq_targets;
 mod mysql_e2e;
 mod mysql_source;
