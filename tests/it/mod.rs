@@ -1,3 +1,4 @@
+mod check_cli;
 mod dlq_targets;
 mod mysql_e2e;
 mod mysql_source;
@@ -13,3 +14,4 @@ mod pg_tables;
 mod pg_tls;
 mod pg_types;
 mod sqlite_target;
+mod unit_setup;
