@@ -64,7 +64,8 @@ pub struct RawConfig {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawStatus {
-    /// Address of the HTTP status server (`/status`, `/metrics`, `/healthz`, `/readyz`).
+    /// Address of the HTTP status server (`/status`, `/metrics`, `/healthz`, `/readyz`):
+    /// `IP:port` or `host:port` (resolved at start).
     pub listen: Option<String>,
     /// A file holding a bearer token: when set, `/status`, `/metrics` and `/readyz` need
     /// `Authorization: Bearer <token>` (`/healthz` and the dashboard page stay open).
@@ -76,7 +77,8 @@ pub struct RawStatus {
 pub struct RawLog {
     /// `auto` (text on a terminal, JSON otherwise), `text` or `json`.
     pub format: Option<String>,
-    /// A tracing filter such as `info` or `tidewater=debug`.
+    /// A level (`trace`, `debug`, `info`, `warn`, `error`, `off`) or tracing directives such
+    /// as `info,tidewater=debug`; `RUST_LOG` overrides it.
     pub level: Option<String>,
 }
 
@@ -127,6 +129,8 @@ pub struct RawTarget {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPipeline {
+    /// Starts with a-z or `_`, then a-z, 0-9, `_`, at most 40 characters: names the
+    /// default slot and publication (`tidewater_<name>`).
     pub name: String,
     pub source: String,
     pub target: String,
@@ -142,7 +146,9 @@ pub struct RawPipeline {
     pub max_batch_delay_ms: Option<u64>,
     pub slot: Option<String>,
     pub publication: Option<String>,
-    /// Source table -> target table renames.
+    /// Renames, `"schema.table" = "schema.table"`: a configured source table (listed, or
+    /// under a listed `schema.*`) to the target table it is written to. No two tables may
+    /// land on one target table (see [`landing_name`]).
     #[serde(default)]
     pub tables: BTreeMap<String, String>,
     #[serde(default)]
@@ -336,7 +342,7 @@ fn file_error(text: &str, e: &serde_path_to_error::Error<toml::de::Error>) -> Co
         return err(
             key,
             format!(
-                "unknown key `{field}`{at_line}: remove it or fix its spelling{}; config.example.toml lists every key",
+                "unknown key `{field}`{at_line}: remove the key or fix its spelling{}; config.example.toml lists every key",
                 expected.map(|e| format!(" (this section takes {e})")).unwrap_or_default()
             ),
         );
