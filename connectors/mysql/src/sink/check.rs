@@ -42,7 +42,8 @@ impl MysqlSink {
         if !missing.is_empty() {
             return Err(tidewater_core::ConnectorError::fatal(format!(
                 "the user {} lacks {} on the database {database}: GRANT {} ON `{database}`.* TO '{}'@'%' \
-                 (and CREATE on other databases that renamed tables go to)",
+                 (and CREATE on other databases that renamed tables go to; grants held only through a role \
+                 are not seen here: grant them to the user)",
                 self.endpoint.user,
                 missing.join(", "),
                 NEEDED.join(", "),
