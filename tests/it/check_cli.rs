@@ -353,3 +353,30 @@ async fn status_explains_a_token_a_dead_port_and_a_missing_token_file() {
     assert!(!said.contains("//status") && !said.contains("is status.listen http"), "{said}");
     assert!(said.to_lowercase().contains("connection refused") && said.contains("--url"), "{said}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collision_a_wildcard_finds_fails_the_pipeline_at_start_naming_both_tables() {
+    // `public.*` finds a and b; renaming a to public.b makes both land on one table, which
+    // only the source's catalog can show.
+    let mut p = TestPipeline::new(
+        "wildcollide",
+        "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY)",
+        &["public.*"],
+    )
+    .await;
+    p.pipeline_extra = "[pipelines.tables]\n\"public.a\" = \"public.b\"".into();
+    let out = tidewater(&["check", "--offline"], &p.config_path());
+    assert_eq!(out.status.code(), Some(0), "offline, the wildcard's tables are unknown: {}", text(&out));
+    let daemon = p.start();
+    let status = p.wait_state("failed", WAIT).await;
+    let error = status["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("public.a and public.b would both be written to the target table public.b"), "{error}");
+    daemon.stop().await;
+    let target = p.target_client().await;
+    let tables: i64 = target
+        .query_one("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename IN ('a', 'b')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 0, "nothing was created before the refusal");
+}
