@@ -380,3 +380,25 @@ async fn a_collision_a_wildcard_finds_fails_the_pipeline_at_start_naming_both_ta
         .get(0);
     assert_eq!(tables, 0, "nothing was created before the refusal");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mysql_table_name_that_differs_only_in_case_gets_a_hint() {
+    let source = crate::support::mysql::mysql_source().await;
+    let db = fresh_mysql_db(source, "mycase").await;
+    source.sql(&format!("CREATE TABLE `{db}`.`Orders` (id int PRIMARY KEY)")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("mypw");
+    std::fs::write(&pw, MYSQL_PASSWORD).unwrap();
+    let config = format!(
+        "[sources.shop]\ntype = \"mysql\"\nurl = \"{url}\"\npassword_file = \"{pw}\"\nserver_id = 4917\n\
+         tables = [\"{db}.orders\"]\n\n[targets.edge]\ntype = \"sqlite\"\npath = \"{dir}/edge.db\"\n\n\
+         [[pipelines]]\nname = \"shop_to_edge\"\nsource = \"shop\"\ntarget = \"edge\"\n",
+        url = source.url(&db),
+        pw = pw.display(),
+        dir = dir.path().display()
+    );
+    let out = tidewater(&["check"], &write_config(dir.path(), &config));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains(&format!("{db}.Orders")) && said.contains("differs only in case"), "{said}");
+}
