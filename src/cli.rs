@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{self, Config, TargetKind, DEFAULT_CONFIG_PATH};
 
 #[derive(Debug, Parser)]
-#[command(name = "tidewater", version, about = "Change-data-capture sync daemon")]
+#[command(name = "tidewater", version = crate::VERSION_LINE, about = "Change-data-capture sync daemon")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -23,13 +23,20 @@ pub enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
-    /// Validate the configuration, connect, and verify server settings.
+    /// Validate the configuration, connect, and verify server settings (read-only: creates
+    /// nothing on any server).
     Check {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+        /// Only validate the configuration and the files it names (token, passwords); no
+        /// connection is made. For CI and systemd's ExecStartPre.
+        #[arg(long)]
+        offline: bool,
     },
-    /// Show the running daemon's status.
+    /// Show the running daemon's status. Exit 0 when every pipeline is healthy, 1 when one
+    /// has failed or the daemon cannot be reached.
     Status {
+        /// The status server's base URL (where the daemon's `status.listen` is).
         #[arg(long, default_value = "http://127.0.0.1:8790")]
         url: String,
         /// Print the raw JSON.
@@ -94,7 +101,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             crate::telemetry::init(cfg.log_format, &cfg.log_level);
             crate::run_until_signal(cfg, config).await
         }
-        Command::Check { config } => check(&config).await,
+        Command::Check { config, offline } => check(&config, offline).await,
         Command::Status { url, json, token_file } => status(&url, json, token_file.as_deref()).await,
         Command::Verify { config, pipeline } => verify(&config, pipeline.as_deref()).await,
         Command::Dlq { command: DlqCommand::List { config, pipeline } } => dlq_list(&config, pipeline.as_deref()).await,
@@ -104,7 +111,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
     }
 }
 
-async fn check(path: &std::path::Path) -> ExitCode {
+async fn check(path: &std::path::Path, offline: bool) -> ExitCode {
     let cfg = match load_config(path) {
         Ok(c) => {
             println!("[ok]   config: {} valid ({} pipelines)", path.display(), c.pipelines.len());
@@ -112,6 +119,10 @@ async fn check(path: &std::path::Path) -> ExitCode {
         }
         Err(code) => return code,
     };
+    if offline {
+        println!("\nconfiguration valid (--offline: no server was contacted)");
+        return ExitCode::SUCCESS;
+    }
     let mut failed = false;
     let mut checked_sources = std::collections::BTreeSet::new();
     let mut checked_targets = std::collections::BTreeSet::new();
@@ -177,27 +188,23 @@ async fn check_source_generic(p: &config::PipelineConfig) -> Vec<tidewater_postg
     }
 }
 
-/// Checks a non-Postgres target by connecting and running its (idempotent) migrations,
-/// which proves it is reachable and writable.
+/// Checks a non-Postgres target without writing to it: SQLite looks at the file and its
+/// directory, MySQL/MariaDB connects and reads the user's grants.
 async fn check_target_generic(p: &config::PipelineConfig) -> Vec<tidewater_postgres::check::CheckResult> {
-    if let (TargetKind::Sqlite, Some(path)) = (p.target.kind, &p.target.path) {
-        // Creates nothing: checks the directory and any existing file.
-        return match tidewater_sqlite::check_target(path).await {
-            Ok(detail) => vec![tidewater_postgres::check::CheckResult { what: "writable".into(), ok: true, detail }],
-            Err(e) => vec![failure("writable", e.to_string())],
-        };
-    }
-    let mut sink = match crate::connectors::sink(p) {
-        Ok(s) => s,
-        Err(e) => return vec![failure("config", e.message)],
+    let key = format!("targets.{}", p.target.name);
+    let result = match (p.target.kind, &p.target.path) {
+        (TargetKind::Sqlite, Some(path)) => tidewater_sqlite::check_target(path).await.map_err(|e| e.to_string()),
+        _ => match crate::connectors::mysql_sink(p) {
+            Ok(mut sink) => sink
+                .check()
+                .await
+                .map_err(|e| format!("{e}; check {key}.url, its password_file/password_env, sslmode and ssl_ca_file")),
+            Err(e) => Err(e.to_string()),
+        },
     };
-    match sink.prepare().await {
-        Ok(()) => vec![tidewater_postgres::check::CheckResult {
-            what: "writable".into(),
-            ok: true,
-            detail: "connected; bookkeeping tables present".into(),
-        }],
-        Err(e) => vec![failure("writable", e.to_string())],
+    match result {
+        Ok(detail) => vec![tidewater_postgres::check::CheckResult { what: "writable".into(), ok: true, detail }],
+        Err(detail) => vec![failure("writable", detail)],
     }
 }
 
@@ -213,21 +220,34 @@ fn print_results(scope: &str, results: &[tidewater_postgres::check::CheckResult]
 }
 
 async fn status(url: &str, json: bool, token_file: Option<&std::path::Path>) -> ExitCode {
-    let token = match token_file.map(std::fs::read_to_string).transpose() {
-        Ok(t) => t.map(|t| t.trim().to_string()),
+    let token = match token_file.map(config::read_token).transpose() {
+        Ok(t) => t,
         Err(e) => {
-            eprintln!("cannot read --token-file: {e}");
+            eprintln!("--token-file: {e}");
             return ExitCode::from(1);
         }
     };
-    let body =
-        match crate::http_get_with_token(&format!("{}/status", url.trim_end_matches('/')), token.as_deref()).await {
-            Ok(b) => b,
-            Err(e) => {
-                eprintln!("cannot read {url}/status: {e} (is tidewater running? is status.listen {url}?)");
-                return ExitCode::from(1);
-            }
-        };
+    let base = url.trim_end_matches('/');
+    let status_url = format!("{base}/status");
+    let body = match crate::http_get_with_token(&status_url, token.as_deref()).await {
+        Ok(b) => b,
+        Err(e) if e.contains(" 401 ") => {
+            let hint = if token.is_some() {
+                "the token in --token-file is not the one in the daemon's status.token_file"
+            } else {
+                "the daemon has a status.token_file: pass it with --token-file FILE"
+            };
+            eprintln!("cannot read {status_url}: {e} ({hint})");
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            eprintln!(
+                "cannot read {status_url}: {e} (is tidewater running, and does its status.listen match {base}? \
+                 pass --url http://HOST:PORT otherwise)"
+            );
+            return ExitCode::from(1);
+        }
+    };
     if json {
         println!("{body}");
         return ExitCode::SUCCESS;
@@ -235,7 +255,7 @@ async fn status(url: &str, json: bool, token_file: Option<&std::path::Path>) -> 
     let parsed: serde_json::Value = match serde_json::from_str(&body) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("{url}/status did not return JSON: {e}");
+            eprintln!("{status_url} did not return JSON: {e}");
             return ExitCode::from(1);
         }
     };

@@ -64,7 +64,8 @@ pub struct RawConfig {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawStatus {
-    /// Address of the HTTP status server (`/status`, `/metrics`, `/healthz`, `/readyz`).
+    /// Address of the HTTP status server (`/status`, `/metrics`, `/healthz`, `/readyz`):
+    /// `IP:port` or `host:port` (resolved at start).
     pub listen: Option<String>,
     /// A file holding a bearer token: when set, `/status`, `/metrics` and `/readyz` need
     /// `Authorization: Bearer <token>` (`/healthz` and the dashboard page stay open).
@@ -76,7 +77,8 @@ pub struct RawStatus {
 pub struct RawLog {
     /// `auto` (text on a terminal, JSON otherwise), `text` or `json`.
     pub format: Option<String>,
-    /// A tracing filter such as `info` or `tidewater=debug`.
+    /// A level (`trace`, `debug`, `info`, `warn`, `error`, `off`) or tracing directives such
+    /// as `info,tidewater=debug`; `RUST_LOG` overrides it.
     pub level: Option<String>,
 }
 
@@ -127,6 +129,8 @@ pub struct RawTarget {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPipeline {
+    /// Starts with a-z or `_`, then a-z, 0-9, `_`, at most 40 characters: names the
+    /// default slot and publication (`tidewater_<name>`).
     pub name: String,
     pub source: String,
     pub target: String,
@@ -142,7 +146,9 @@ pub struct RawPipeline {
     pub max_batch_delay_ms: Option<u64>,
     pub slot: Option<String>,
     pub publication: Option<String>,
-    /// Source table -> target table renames.
+    /// Renames, `"schema.table" = "schema.table"`: a configured source table (listed, or
+    /// under a listed `schema.*`) to the target table it is written to. No two tables may
+    /// land on one target table (see [`landing_name`]).
     #[serde(default)]
     pub tables: BTreeMap<String, String>,
     #[serde(default)]
@@ -189,9 +195,12 @@ impl Secret {
     pub fn read(&self) -> Result<Option<String>, String> {
         match self {
             Secret::None => Ok(None),
-            Secret::File(path) => std::fs::read_to_string(path)
-                .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_string()))
-                .map_err(|e| format!("cannot read password_file {}: {e}", path.display())),
+            Secret::File(path) => {
+                let path = expand_path(path)?;
+                std::fs::read_to_string(&path)
+                    .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_string()))
+                    .map_err(|e| format!("cannot read password_file {}: {e}", path.display()))
+            }
             Secret::Env(var) => {
                 std::env::var(var).map(Some).map_err(|_| format!("password_env {var} is not set in the environment"))
             }
@@ -296,37 +305,135 @@ pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         vec![err(path.display().to_string(), format!("cannot read the configuration file: {e} (pass --config FILE)"))]
     })?;
-    parse(&text)
+    let cfg = parse(&text)?;
+    let local = check_local(&cfg);
+    if local.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(local)
+    }
 }
 
 pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        let message = e.message().to_string();
-        let start = e.span().map(|span| span.start.min(text.len()));
-        let line = start.map(|start| 1 + text[..start].matches('\n').count());
-        // Name the section the bad key sits in: the last `[header]` before it.
-        let section = start
-            .and_then(|start| {
-                text[..start]
-                    .lines()
-                    .rev()
-                    .map(str::trim)
-                    .find(|l| l.starts_with('['))
-                    .map(|l| l.trim_matches(|c| c == '[' || c == ']').to_string())
-            })
-            .unwrap_or_else(|| "config".to_string());
-        let problem = match line {
-            Some(line) => format!("line {line}: {message}"),
-            None => message,
-        };
-        let hint = if problem.contains("unknown field") {
-            " (remove the key or fix its spelling; config.example.toml lists every key)"
-        } else {
-            ""
-        };
-        vec![err(section, format!("{problem}{hint}"))]
-    })?;
+    let deserializer = toml::Deserializer::new(text);
+    let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| vec![file_error(text, &e)])?;
     validate(raw)
+}
+
+/// One parse error as the user should read it: the key path (`pipelines[0].max_batch_events`),
+/// the line, and what was expected in words rather than Rust type names.
+fn file_error(text: &str, e: &serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
+    let inner = e.inner();
+    let message = inner.message().trim().to_string();
+    let line = inner.span().map(|span| 1 + text[..span.start.min(text.len())].matches('\n').count());
+    let path = e.path().to_string();
+    let path = if path == "." || path.is_empty() { String::new() } else { path };
+    let at_line = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+    // serde reports a missing field at the section that lacks it.
+    if let Some(field) = between(&message, "missing field `", "`") {
+        let key = if path.is_empty() { field.to_string() } else { format!("{path}.{field}") };
+        let section = if path.is_empty() { "the top level".to_string() } else { format!("[{}]", section_name(&path)) };
+        return err(key, format!("is required but missing in {section}{at_line}"));
+    }
+    if let Some(field) = between(&message, "unknown field `", "`") {
+        let expected = message.split_once(", expected ").map(|(_, rest)| rest.to_string());
+        let key = if path.ends_with(field) || path.is_empty() { path.clone() } else { format!("{path}.{field}") };
+        let key = if key.is_empty() { field.to_string() } else { key };
+        return err(
+            key,
+            format!(
+                "unknown key `{field}`{at_line}: remove the key or fix its spelling{}; config.example.toml lists every key",
+                expected.map(|e| format!(" (this section takes {e})")).unwrap_or_default()
+            ),
+        );
+    }
+    if path.is_empty() {
+        // TOML syntax errors carry no key path: the line is the best pointer.
+        let key = line.map(|l| format!("line {l}")).unwrap_or_else(|| "config".to_string());
+        return err(key, message);
+    }
+    err(path.clone(), format!("{}{at_line}", plain_words(&path, &message)))
+}
+
+fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
+    let rest = &text[text.find(start)? + start.len()..];
+    Some(&rest[..rest.find(end)?])
+}
+
+/// `pipelines[0].retry` -> `pipelines.retry` (the header a user writes: `[pipelines.retry]`).
+fn section_name(path: &str) -> String {
+    let mut out = String::new();
+    let mut depth = 0;
+    for c in path.chars() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// serde's "invalid type: string \"500\", expected usize" in the words of a config file.
+fn plain_words(path: &str, message: &str) -> String {
+    let expected_raw = message.split_once(", expected ").map(|(_, e)| e.trim()).unwrap_or("");
+    let expected = match expected_raw {
+        "usize" | "u64" | "u32" | "u16" | "u8" => "a whole number (0 or more)".to_string(),
+        "i64" | "i32" => "a whole number".to_string(),
+        "a string" | "a borrowed string" | "a string or path" | "path string" => {
+            "a string in double quotes".to_string()
+        }
+        "a sequence" => "a list such as [\"a\", \"b\"]".to_string(),
+        "a boolean" => "true or false".to_string(),
+        other if other.starts_with("struct ") || other.starts_with("a map") || other == "map" => {
+            "a section of keys".to_string()
+        }
+        other => other.to_string(),
+    };
+    let got = if let Some(rest) = message.strip_prefix("invalid type: ") {
+        let got = rest.split_once(", expected ").map_or(rest, |(g, _)| g);
+        let got = if let Some(s) = got.strip_prefix("string ") {
+            format!("the string {s}")
+        } else if let Some(n) = got.strip_prefix("integer ") {
+            format!("the number {}", n.trim_matches('`'))
+        } else if let Some(n) = got.strip_prefix("floating point ") {
+            format!("the number {}", n.trim_matches('`'))
+        } else if let Some(b) = got.strip_prefix("boolean ") {
+            b.trim_matches('`').to_string()
+        } else if got == "map" {
+            "a section".to_string()
+        } else if got == "sequence" {
+            "a list".to_string()
+        } else {
+            got.to_string()
+        };
+        Some(got)
+    } else if let Some(rest) = message.strip_prefix("invalid value: ") {
+        let got = rest.split_once(", expected ").map_or(rest, |(g, _)| g);
+        let got = got.strip_prefix("integer ").map_or(got.to_string(), |n| n.trim_matches('`').to_string());
+        let range = match expected_raw {
+            "u32" => " from 0 to 4294967295",
+            "u16" => " from 0 to 65535",
+            _ => "",
+        };
+        return format!("expected a whole number{range}, got {got}");
+    } else {
+        None
+    };
+    let Some(got) = got else { return message.to_string() };
+    // A section written where a list of sections belongs, or the other way round.
+    if expected_raw == "a sequence" && got == "a section" && (path == "pipelines" || path.ends_with("pipelines")) {
+        return "must be a list of pipelines: write each one as a [[pipelines]] section (double brackets), \
+                not [pipelines]"
+            .to_string();
+    }
+    if got == "a list" && expected == "a section of keys" {
+        if let Some(kind) = ["sources", "targets"].iter().find(|k| path == **k) {
+            return format!("must be named sections: write [{kind}.NAME] (e.g. [{kind}.app]), not [[{kind}]]");
+        }
+    }
+    format!("expected {expected}, got {got}")
 }
 
 fn valid_name(name: &str) -> bool {
@@ -341,10 +448,18 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
     let mut errors = Vec::new();
 
     let listen_text = raw.status.listen.as_deref().unwrap_or(DEFAULT_STATUS_LISTEN);
-    let status_listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
-        errors.push(err("status.listen", format!("{listen_text:?} is not an address:port such as \"127.0.0.1:8790\"")));
+    let status_listen = listen_address(listen_text).unwrap_or_else(|problem| {
+        errors.push(err("status.listen", problem));
         SocketAddr::from(([127, 0, 0, 1], 8790))
     });
+    let log_level = raw.log.level.clone().unwrap_or_else(|| "info".into());
+    if let Err(problem) = check_log_level(&log_level) {
+        errors.push(err("log.level", problem));
+    }
+    if raw.status.token_file.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+        errors
+            .push(err("status.token_file", "is empty: give the path of the file holding the token, or remove the key"));
+    }
     let log_format = match raw.log.format.as_deref().unwrap_or("auto") {
         "auto" => LogFormat::Auto,
         "text" => LogFormat::Text,
@@ -444,7 +559,19 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
                 }
                 None
             }
-            (_, Some(url)) => parse_url(url, &format!("{key}.url"), &mut errors),
+            (_, Some(url)) => {
+                let endpoint = parse_url(url, &format!("{key}.url"), &mut errors);
+                if kind == Some(TargetKind::Mysql) && endpoint.as_ref().is_some_and(|e| e.database.is_empty()) {
+                    errors.push(err(
+                        format!("{key}.url"),
+                        format!(
+                            "{url:?} names no database: a MySQL target URL needs one, \
+                             e.g. \"mysql://tidewater@127.0.0.1:3306/warehouse\" (the bookkeeping tables live there)"
+                        ),
+                    ));
+                }
+                endpoint
+            }
             (Some(_), None) => {
                 errors.push(err(
                     format!("{key}.url"),
@@ -475,10 +602,15 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
     let uses_of = |source: &str| raw.pipelines.iter().filter(|p| p.source == source).count();
     for (i, p) in raw.pipelines.iter().enumerate() {
         let key = format!("pipelines[{i}]");
-        if !valid_name(&p.name) {
+        let name_ok = valid_name(&p.name);
+        if !name_ok {
             errors.push(err(
                 format!("{key}.name"),
-                format!("{:?} must be 1-40 characters of a-z, 0-9 and _ (it names the slot and publication)", p.name),
+                format!(
+                    "{:?} must start with a lowercase letter or _ and be 1-40 characters of a-z, 0-9 and _ \
+                     (it names the slot and publication), e.g. \"app_to_warehouse\"",
+                    p.name
+                ),
             ));
         }
         if !seen.insert(p.name.clone()) {
@@ -521,6 +653,12 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
         if max_batch_events == 0 {
             errors.push(err(format!("{key}.max_batch_events"), "must be at least 1"));
         }
+        if p.retry.initial_ms == Some(0) {
+            errors.push(err(
+                format!("{key}.retry.initial_ms"),
+                format!("must be at least 1 (milliseconds before the first retry; default {DEFAULT_RETRY_INITIAL_MS})"),
+            ));
+        }
         let retry = RetryPolicy {
             initial_ms: p.retry.initial_ms.unwrap_or(DEFAULT_RETRY_INITIAL_MS).max(1),
             max_ms: p.retry.max_ms.unwrap_or(DEFAULT_RETRY_MAX_MS),
@@ -531,7 +669,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
                 Some(n) => Some(n),
             },
         };
-        if retry.max_ms < retry.initial_ms {
+        if retry.max_ms < retry.initial_ms && p.retry.initial_ms != Some(0) {
             errors.push(err(format!("{key}.retry.max_ms"), "must be at least retry.initial_ms"));
         }
         for (from, to) in &p.tables {
@@ -560,6 +698,27 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
                 ));
             }
             let default_name = format!("tidewater_{}", p.name);
+            let slot = p.slot.clone().or(src_slot.clone()).unwrap_or_else(|| default_name.clone());
+            let publication = p.publication.clone().or(src_pub.clone()).unwrap_or(default_name);
+            for (what, value, explicit) in [
+                ("slot", &slot, p.slot.is_some() || src_slot.is_some()),
+                ("publication", &publication, p.publication.is_some() || src_pub.is_some()),
+            ] {
+                // A default derived from a bad pipeline name is already reported there.
+                if !explicit && !name_ok {
+                    continue;
+                }
+                let ok = !value.is_empty()
+                    && value.len() <= 63
+                    && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                if !ok {
+                    errors.push(err(
+                        format!("{key}.{what}"),
+                        format!("{value:?} must be 1-63 characters of a-z, 0-9 and _"),
+                    ));
+                }
+            }
+            check_renames(&key, &p.tables, source, target, &mut errors);
             pipelines.push(PipelineConfig {
                 name: p.name.clone(),
                 source: source.clone(),
@@ -568,24 +727,11 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
                 on_error,
                 max_batch_events: max_batch_events.max(1),
                 max_batch_delay_ms: p.max_batch_delay_ms.unwrap_or(DEFAULT_MAX_BATCH_DELAY_MS),
-                slot: p.slot.clone().or(src_slot.clone()).unwrap_or_else(|| default_name.clone()),
-                publication: p.publication.clone().or(src_pub.clone()).unwrap_or(default_name),
+                slot,
+                publication,
                 renames: p.tables.clone(),
                 retry,
             });
-        }
-    }
-    for p in &pipelines {
-        for (what, name) in [("slot", &p.slot), ("publication", &p.publication)] {
-            let ok = !name.is_empty()
-                && name.len() <= 63
-                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-            if !ok {
-                errors.push(err(
-                    format!("pipelines.{}.{what}", p.name),
-                    format!("{name:?} must be 1-63 characters of a-z, 0-9 and _"),
-                ));
-            }
         }
     }
     if raw.pipelines.is_empty() {
@@ -593,16 +739,234 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
     }
 
     if errors.is_empty() {
-        Ok(Config {
-            status_listen,
-            status_token_file: raw.status.token_file,
-            log_format,
-            log_level: raw.log.level.unwrap_or_else(|| "info".into()),
-            pipelines,
-        })
+        Ok(Config { status_listen, status_token_file: raw.status.token_file, log_format, log_level, pipelines })
     } else {
         Err(errors)
     }
+}
+
+/// `status.listen`: `address:port`, or `host:port` with a host name resolved now
+/// (`localhost:8790`); the first IPv4 address wins, as a status page is usually read over IPv4.
+fn listen_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let example = "such as \"127.0.0.1:8790\", \"localhost:8790\" or \"0.0.0.0:8790\"";
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("{text:?} has no port: write host:port, {example}"));
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!("{text:?}: port {port:?} is not a number from 0 to 65535; write host:port, {example}"));
+    }
+    if host.is_empty() {
+        return Err(format!("{text:?} has no host: write host:port, {example}"));
+    }
+    use std::net::ToSocketAddrs as _;
+    let addrs: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| format!("{text:?}: cannot resolve the host name {host:?} ({e}); write an IP address, {example}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?}: the host name {host:?} has no address; write an IP address, {example}"))
+}
+
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// `log.level`: a level, or comma-separated `target=level` directives (tracing's filter
+/// syntax). A bare word that is not a level would silently be read as a target name and
+/// log nothing, so it is refused.
+fn check_log_level(text: &str) -> Result<(), String> {
+    let hint = "use one of trace, debug, info, warn, error, off, or directives such as \"info,tidewater=debug\"";
+    if text.trim().is_empty() {
+        return Err(format!("is empty: {hint}"));
+    }
+    for directive in text.split(',').map(str::trim) {
+        let level = match directive.rsplit_once('=') {
+            Some((target, level)) if !target.is_empty() => level,
+            Some(_) => return Err(format!("{directive:?} names no target before `=`: {hint}")),
+            None => directive,
+        };
+        if !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!("{level:?} in {text:?} is not a log level: {hint}"));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(text)
+        .map(drop)
+        .map_err(|e| format!("{text:?} is not a log filter ({e}): {hint}"))
+}
+
+/// Where a target stores the table `id`, in the target's own terms: two source tables with
+/// the same landing name would be written to one table. Postgres keeps schema and name;
+/// MySQL writes schema `public` to the URL's database and any other schema to the database
+/// of that name; SQLite has no schemas and compares names without regard to ASCII case.
+pub fn landing_name(target: &TargetConfig, id: &TableId) -> String {
+    match target.kind {
+        TargetKind::Postgres => id.to_string(),
+        TargetKind::Mysql => {
+            let database = target.endpoint.as_ref().map_or("", |e| e.database.as_str());
+            let (db, table) = tidewater_mysql::sink::target_location(database, id);
+            TableId::new(db.as_str(), table.as_str()).to_string()
+        }
+        TargetKind::Sqlite => id.name.to_ascii_lowercase(),
+    }
+}
+
+/// How a target kind names its tables, for messages about landing names.
+fn landing_rule(kind: TargetKind) -> &'static str {
+    match kind {
+        TargetKind::Postgres => "",
+        TargetKind::Mysql => " (a MySQL target writes schema public to the URL's database)",
+        TargetKind::Sqlite => " (SQLite has no schemas: the schema part is dropped, and names ignore case)",
+    }
+}
+
+/// A configured table pattern (`schema.table`, `schema.*`) covers `id`.
+fn covers(pattern: &TableId, id: &TableId) -> bool {
+    pattern.schema == id.schema && (pattern.name == "*" || pattern.name == id.name)
+}
+
+/// Renames must name a configured source table, and no two tables (renamed or not) may
+/// land on one target table. Tables a wildcard finds at start are checked again then.
+fn check_renames(
+    key: &str,
+    renames: &BTreeMap<String, String>,
+    source: &SourceConfig,
+    target: &TargetConfig,
+    errors: &mut Vec<ConfigError>,
+) {
+    let patterns: Vec<TableId> = source.tables.iter().filter_map(|t| TableId::parse_qualified(t)).collect();
+    let mut parsed = BTreeMap::new();
+    for (from, to) in renames {
+        let (Some(from_id), Some(to_id)) = (TableId::parse_qualified(from), TableId::parse_qualified(to)) else {
+            continue; // reported as a format error
+        };
+        if !patterns.iter().any(|p| covers(p, &from_id)) {
+            let near = patterns.iter().find(|p| {
+                p.schema.eq_ignore_ascii_case(&from_id.schema)
+                    && (p.name == "*" || p.name.eq_ignore_ascii_case(&from_id.name))
+            });
+            let problem = match near {
+                Some(p) => format!(
+                    "renames {from:?}, which is not a configured table; sources.{}.tables has {p}, which differs only \
+                     in case: table names are case-sensitive, write it exactly as the source does",
+                    source.name
+                ),
+                None => format!(
+                    "renames {from:?}, which is not in sources.{}.tables ({}): add it there or fix the rename's \
+                     source name (written schema.table)",
+                    source.name,
+                    source.tables.join(", ")
+                ),
+            };
+            errors.push(err(format!("{key}.tables"), problem));
+            continue;
+        }
+        parsed.insert(from_id, to_id);
+    }
+    // Every table known now: listed ones (not wildcards) and renamed ones.
+    let mut known: BTreeMap<TableId, TableId> =
+        patterns.iter().filter(|p| p.name != "*").map(|p| (p.clone(), p.clone())).collect();
+    known.extend(parsed);
+    let mut landed: BTreeMap<String, &TableId> = BTreeMap::new();
+    for (from, to) in &known {
+        let landing = landing_name(target, to);
+        if let Some(other) = landed.insert(landing.clone(), from) {
+            errors.push(err(
+                format!("{key}.tables"),
+                format!(
+                    "source tables {other} and {from} would both be written to the target table {landing}{}: \
+                     give one another target name, e.g. \"{from}\" = \"{}.{}_{}\"",
+                    landing_rule(target.kind),
+                    to.schema,
+                    from.schema,
+                    from.name
+                ),
+            ));
+        }
+    }
+}
+
+/// Replaces a leading `$CREDENTIALS_DIRECTORY` (or `${CREDENTIALS_DIRECTORY}`) in a
+/// `password_file` / `token_file` path with the directory systemd sets for a unit with
+/// `LoadCredential=`, so one config works under systemd and, with the variable set by hand,
+/// outside it.
+pub fn expand_path(path: &Path) -> Result<PathBuf, String> {
+    let text = path.to_string_lossy();
+    for prefix in ["${CREDENTIALS_DIRECTORY}", "$CREDENTIALS_DIRECTORY"] {
+        if let Some(rest) = text.strip_prefix(prefix) {
+            let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+                format!(
+                    "{} uses $CREDENTIALS_DIRECTORY, which is not set: systemd sets it for a unit with \
+                     LoadCredential=; outside systemd export CREDENTIALS_DIRECTORY=/path/to/the/files",
+                    path.display()
+                )
+            })?;
+            return Ok(PathBuf::from(dir).join(rest.trim_start_matches('/')));
+        }
+    }
+    Ok(path.to_path_buf())
+}
+
+/// Checks what the daemon reads from this machine at start (no network): the status token
+/// file and every password file and variable. `run` refuses to start and `check` fails on
+/// the same problems.
+pub fn check_local(cfg: &Config) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    if let Some(path) = &cfg.status_token_file {
+        match read_token(path) {
+            Ok(_) => {}
+            Err(problem) => errors.push(err("status.token_file", problem)),
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for p in &cfg.pipelines {
+        for (key, secret) in [
+            (format!("sources.{}", p.source.name), &p.source.password),
+            (format!("targets.{}", p.target.name), &p.target.password),
+        ] {
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            let which = match secret {
+                Secret::File(_) => "password_file",
+                Secret::Env(_) => "password_env",
+                Secret::None => continue,
+            };
+            if let Err(problem) = secret.read() {
+                errors.push(err(format!("{key}.{which}"), problem));
+            }
+        }
+        for (key, tls) in [
+            (format!("sources.{}", p.source.name), &p.source.tls),
+            (format!("targets.{}", p.target.name), &p.target.tls),
+        ] {
+            if let Some(path) = &tls.ca_file {
+                if let Err(e) = std::fs::metadata(path) {
+                    errors.push(err(format!("{key}.ssl_ca_file"), format!("cannot read {} ({e})", path.display())));
+                }
+            }
+        }
+    }
+    errors.dedup();
+    errors
+}
+
+/// Reads the status server's bearer token from `path`; the error names the file.
+pub fn read_token(path: &Path) -> Result<String, String> {
+    let expanded = expand_path(path)?;
+    let token = std::fs::read_to_string(&expanded).map_err(|e| {
+        format!("cannot read {} ({e}): create the file holding the token or remove the key", expanded.display())
+    })?;
+    let token = token.trim().to_string();
+    if token.is_empty() {
+        return Err(format!("{} is empty: write the token into it", expanded.display()));
+    }
+    Ok(token)
 }
 
 fn secret(key: &str, file: &Option<PathBuf>, env: &Option<String>, errors: &mut Vec<ConfigError>) -> Secret {
@@ -774,7 +1138,7 @@ target = "wh"
         let e = parse(&GOOD.replace("tables = [", "tabels = 1\ntables = [")).unwrap_err();
         assert!(e[0].to_string().contains("tabels"), "{}", e[0]);
         assert!(e[0].to_string().contains("line 6"), "{}", e[0]);
-        assert_eq!(e[0].key, "sources.app");
+        assert_eq!(e[0].key, "sources.app.tabels");
     }
 
     #[test]
@@ -853,6 +1217,133 @@ target = "wh"
         assert_eq!(p.source.tls.ca_file.as_deref(), Some(Path::new("/ca.pem")));
         assert_eq!(p.target.kind, TargetKind::Mysql);
         assert_eq!(p.target.tls.sslmode, SslMode::Disable);
+    }
+
+    fn one_error(text: &str) -> ConfigError {
+        let e = parse(text).unwrap_err();
+        assert_eq!(e.len(), 1, "exactly one error: {e:?}");
+        e.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn type_errors_name_the_key_path_in_plain_words() {
+        let e = one_error(&GOOD.replace("target = \"wh\"\n", "target = \"wh\"\nmax_batch_events = \"500\"\n"));
+        assert_eq!(e.key, "pipelines[0].max_batch_events");
+        assert!(e.problem.starts_with("expected a whole number (0 or more), got the string \"500\""), "{e}");
+        let e = one_error(&GOOD.replace("5432/app\"\n", "5432/app\"\nserver_id = -3\n"));
+        assert_eq!(e.key, "sources.app.server_id");
+        assert!(e.problem.contains("expected a whole number from 0 to 4294967295, got -3"), "{e}");
+        let e = one_error(&GOOD.replace("url = \"postgres://replicator@127.0.0.1:5432/app\"", "url = 5432"));
+        assert_eq!(e.key, "sources.app.url");
+        assert!(e.problem.contains("expected a string in double quotes, got the number 5432"), "{e}");
+    }
+
+    #[test]
+    fn a_single_pipelines_section_says_to_use_double_brackets() {
+        let e = one_error(&GOOD.replace("[[pipelines]]", "[pipelines]"));
+        assert_eq!(e.key, "pipelines");
+        assert!(e.problem.contains("[[pipelines]]"), "{e}");
+    }
+
+    #[test]
+    fn missing_fields_name_their_section() {
+        let e = one_error(&GOOD.replace("url = \"postgres://replicator@127.0.0.1:5432/app\"\n", ""));
+        assert_eq!(e.key, "sources.app.url");
+        assert!(e.problem.contains("[sources.app]"), "{e}");
+        let e = one_error(&GOOD.replace("source = \"app\"\n", ""));
+        assert_eq!(e.key, "pipelines[0].source");
+    }
+
+    #[test]
+    fn unknown_keys_name_the_path() {
+        let e = one_error(&GOOD.replace("target = \"wh\"\n", "target = \"wh\"\nmax_batch = 5\n"));
+        assert_eq!(e.key, "pipelines[0].max_batch");
+        assert!(e.problem.contains("unknown key `max_batch`") && e.problem.contains("max_batch_events"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_pipeline_name_is_one_error_naming_every_rule() {
+        let e = one_error(&GOOD.replace("name = \"app_to_wh\"", "name = \"1st-pipeline\""));
+        assert_eq!(e.key, "pipelines[0].name");
+        assert!(e.problem.contains("start with a lowercase letter"), "{e}");
+        assert!(e.problem.contains("1-40 characters"), "{e}");
+    }
+
+    #[test]
+    fn zero_initial_retry_delay_is_refused() {
+        let e = one_error(&format!("{GOOD}\n[pipelines.retry]\ninitial_ms = 0\n"));
+        assert_eq!(e.key, "pipelines[0].retry.initial_ms");
+    }
+
+    #[test]
+    fn listen_accepts_host_names() {
+        let c = parse(&format!("[status]\nlisten = \"localhost:8791\"\n{GOOD}")).unwrap();
+        assert_eq!(c.status_listen.port(), 8791);
+        assert!(c.status_listen.ip().is_loopback());
+        let e = one_error(&format!("[status]\nlisten = \"localhost\"\n{GOOD}"));
+        assert_eq!(e.key, "status.listen");
+        assert!(e.problem.contains("no port"), "{e}");
+    }
+
+    #[test]
+    fn log_level_is_checked() {
+        for good in ["info", "DEBUG", "info,tidewater=debug", "off"] {
+            parse(&format!("[log]\nlevel = \"{good}\"\n{GOOD}")).unwrap();
+        }
+        for bad in ["verbose", "info,tidewater=loud", ""] {
+            let e = one_error(&format!("[log]\nlevel = \"{bad}\"\n{GOOD}"));
+            assert_eq!(e.key, "log.level", "{bad}");
+        }
+    }
+
+    #[test]
+    fn mysql_target_url_needs_a_database() {
+        let text = GOOD.replace(
+            "type = \"postgres\"\nurl = \"postgres://tidewater@127.0.0.1:5433/warehouse\"",
+            "type = \"mysql\"\nurl = \"mysql://tidewater@127.0.0.1:3306\"",
+        );
+        let e = one_error(&text);
+        assert_eq!(e.key, "targets.wh.url");
+        assert!(e.problem.contains("names no database"), "{e}");
+    }
+
+    #[test]
+    fn renames_must_name_configured_tables_and_not_collide() {
+        let two = GOOD.replace("tables = [\"public.orders\"]", "tables = [\"public.orders\", \"public.archive\"]");
+        let e =
+            one_error(&two.replace("\"public.orders\" = \"replica.orders\"", "\"public.ordrs\" = \"replica.orders\""));
+        assert_eq!(e.key, "pipelines[0].tables");
+        assert!(e.problem.contains("public.ordrs") && e.problem.contains("sources.app.tables"), "{e}");
+        let e =
+            one_error(&two.replace("\"public.orders\" = \"replica.orders\"", "\"public.Orders\" = \"replica.orders\""));
+        assert!(e.problem.contains("differs only in case"), "{e}");
+        let e = one_error(&two.replace(
+            "\"public.orders\" = \"replica.orders\"",
+            "\"public.orders\" = \"replica.orders\"\n\"public.archive\" = \"replica.orders\"",
+        ));
+        assert!(e.problem.contains("would both be written to the target table replica.orders"), "{e}");
+        // A wildcard covers a rename.
+        parse(&GOOD.replace("tables = [\"public.orders\"]", "tables = [\"public.*\"]")).unwrap();
+        // SQLite drops the schema: replica.orders and public.orders collide there.
+        let sqlite =
+            two.replace("\"public.orders\" = \"replica.orders\"", "\"public.archive\" = \"old.orders\"").replace(
+                "type = \"postgres\"\nurl = \"postgres://tidewater@127.0.0.1:5433/warehouse\"",
+                "type = \"sqlite\"\npath = \"/tmp/x.db\"",
+            );
+        let e = one_error(&sqlite);
+        assert!(e.problem.contains("SQLite has no schemas"), "{e}");
+    }
+
+    #[test]
+    fn credentials_directory_is_expanded() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("app_pw"), "pw\n").unwrap();
+        // The variable is process-wide; no other test in this module sets it.
+        std::env::set_var("CREDENTIALS_DIRECTORY", dir.path());
+        let secret = Secret::File(PathBuf::from("$CREDENTIALS_DIRECTORY/app_pw"));
+        assert_eq!(secret.read().unwrap().as_deref(), Some("pw"));
+        let missing = Secret::File(PathBuf::from("${CREDENTIALS_DIRECTORY}/warehouse_pw"));
+        assert!(missing.read().unwrap_err().contains("warehouse_pw"));
     }
 
     #[test]

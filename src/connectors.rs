@@ -105,14 +105,25 @@ pub fn sink(cfg: &PipelineConfig) -> Result<Box<dyn Sink>, ConnectorError> {
             &key,
         )?))),
         (TargetKind::Postgres, None) => Err(ConnectorError::fatal(format!("{key}.url is required"))),
-        (TargetKind::Mysql, Some(endpoint)) => Ok(Box::new(
-            MysqlSink::new(mysql_endpoint(endpoint, &cfg.target.password, &key)?).with_tls(mysql_tls(&cfg.target.tls)),
-        )),
-        (TargetKind::Mysql, None) => Err(ConnectorError::fatal(format!("{key}.url is required"))),
+        (TargetKind::Mysql, _) => Ok(Box::new(mysql_sink(cfg)?)),
         (TargetKind::Sqlite, _) => match &cfg.target.path {
             Some(path) => Ok(Box::new(SqliteSink::new(path.clone()))),
             None => Err(ConnectorError::fatal(format!("{key}.path is required for sqlite targets"))),
         },
+    }
+}
+
+/// The MySQL/MariaDB sink of a pipeline whose target is MySQL (also for `check`'s
+/// read-only probe).
+pub fn mysql_sink(cfg: &PipelineConfig) -> Result<MysqlSink, ConnectorError> {
+    let key = format!("targets.{}", cfg.target.name);
+    match (cfg.target.kind, &cfg.target.endpoint) {
+        (TargetKind::Mysql, Some(endpoint)) => {
+            Ok(MysqlSink::new(mysql_endpoint(endpoint, &cfg.target.password, &key)?)
+                .with_tls(mysql_tls(&cfg.target.tls)))
+        }
+        (TargetKind::Mysql, None) => Err(ConnectorError::fatal(format!("{key}.url is required"))),
+        _ => Err(ConnectorError::fatal(format!("{key} is not a mysql target"))),
     }
 }
 

@@ -25,6 +25,10 @@ use config::Config;
 use engine::Outcome;
 use status::{PipelineStatus, Registry};
 
+/// `tidewater --version`: the package version and the git commit it was built from
+/// (`unknown` when built outside a git checkout).
+pub const VERSION_LINE: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("TIDEWATER_GIT_COMMIT"), ")");
+
 /// How long in-flight work gets to finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -87,11 +91,7 @@ pub async fn run_with_reloads(
 ) -> anyhow::Result<Vec<Outcome>> {
     let registry = Registry::new(Vec::new());
     let token = match &cfg.status_token_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .map(|t| t.trim().to_string())
-                .map_err(|e| anyhow::anyhow!("status.token_file {}: cannot read: {e}", path.display()))?,
-        ),
+        Some(path) => Some(config::read_token(path).map_err(|e| anyhow::anyhow!("status.token_file: {e}"))?),
         None => None,
     };
     let (addr, server) = status::bind(cfg.status_listen, registry.clone(), token)

@@ -226,6 +226,30 @@ pub(crate) fn plans(
     (plans, renames)
 }
 
+/// Two source tables (a wildcard may find more than the configuration names) must not be
+/// written to one target table: refused before anything is written, naming both.
+pub(crate) fn check_landing(cfg: &PipelineConfig, plans: &[TablePlan]) -> Result<(), ConnectorError> {
+    let mut landed: HashMap<String, &TableId> = HashMap::new();
+    for plan in plans {
+        let landing = crate::config::landing_name(&cfg.target, &plan.target);
+        if let Some(other) = landed.insert(landing.clone(), &plan.source.id) {
+            if *other != plan.source.id {
+                return Err(ConnectorError::fatal(format!(
+                    "source tables {other} and {} would both be written to the target table {landing} of targets.{}: \
+                     give one another name in [pipelines.tables], e.g. \"{}\" = \"{}.{}_{}\"",
+                    plan.source.id,
+                    cfg.target.name,
+                    plan.source.id,
+                    plan.target.schema,
+                    plan.source.id.schema,
+                    plan.source.id.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn run_once(
     cfg: &PipelineConfig,
     status: &Arc<PipelineStatus>,
@@ -241,6 +265,7 @@ async fn run_once(
     let schemas = source.prepare().await?;
     let (plans, renames) = plans(cfg, schemas);
     status.figures().set_tables(plans.iter().map(|p| (p.source.id.to_string(), p.target.to_string())));
+    check_landing(cfg, &plans)?;
     sink.ensure_tables(&plans).await?;
 
     let checkpoint = match checkpoint {

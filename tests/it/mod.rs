@@ -1,3 +1,4 @@
+mod check_cli;
 mod deps;
 mod dlq_targets;
 mod mysql_e2e;
@@ -15,3 +16,4 @@ mod pg_tls;
 mod pg_types;
 mod schema_changes;
 mod sqlite_target;
+mod unit_setup;

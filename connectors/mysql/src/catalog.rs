@@ -57,6 +57,26 @@ impl CatalogTable {
     }
 }
 
+/// `", but X does: names are case-sensitive ..."` when a table (or, for `db.*`, a database)
+/// differs from `id` only in case; empty otherwise.
+async fn case_hint(conn: &mut Conn, id: &TableId) -> Result<String, ConnectorError> {
+    let rows = exec_rows(
+        conn,
+        "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES WHERE TABLE_TYPE = 'BASE TABLE' \
+         AND LOWER(TABLE_SCHEMA) = LOWER(?) AND (? = '*' OR LOWER(TABLE_NAME) = LOWER(?)) LIMIT 1",
+        (id.schema.as_str(), id.name.as_str(), id.name.as_str()),
+        "listing source tables",
+    )
+    .await?;
+    let Some(row) = rows.first() else { return Ok(String::new()) };
+    let found = TableId::new(col::<String>(row, 0, "TABLES")?, col::<String>(row, 1, "TABLES")?);
+    let written = if id.name == "*" { TableId::new(found.schema.as_str(), "*") } else { found.clone() };
+    Ok(format!(
+        ", but {found} does, whose name differs only in case: names are case-sensitive; write \"{written}\" in the \
+         tables list"
+    ))
+}
+
 /// Resolves `db.table` / `db.*` patterns (a name without a database gets
 /// `default_db`) to existing base tables, in pattern order then name order.
 pub async fn resolve_tables(
@@ -87,8 +107,9 @@ pub async fn resolve_tables(
             } else {
                 format!("table {id} does not exist")
             };
+            let hint = case_hint(conn, &id).await?;
             return Err(ConnectorError::fatal(format!(
-                "{what} on source {source_name}: create it, or remove {pattern:?} from sources.{source_name}.tables"
+                "{what} on source {source_name}{hint}: create it, or remove {pattern:?} from sources.{source_name}.tables"
             )));
         }
         for row in rows {

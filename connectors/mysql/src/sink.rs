@@ -40,6 +40,7 @@
 //! (`STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_BACKSLASH_ESCAPES,...`), so an out-of-range
 //! or too long value is an error (a dead letter), never a silent truncation.
 
+mod check;
 mod scratch;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};

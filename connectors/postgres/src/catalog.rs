@@ -63,6 +63,30 @@ pub async fn resolve_tables(
             } else {
                 format!("table {id} does not exist")
             };
+            // Names are case-sensitive: `public.orders` does not match a table created as
+            // "Orders". Say so when only the case differs.
+            let near = client
+                .query_opt(
+                    "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE c.relkind IN ('r', 'p') AND lower(n.nspname) = lower($1) \
+                     AND ($2 = '*' OR lower(c.relname) = lower($2)) LIMIT 1",
+                    &[&id.schema, &id.name],
+                )
+                .await
+                .map_err(|e| pg_error("listing source tables", e))?;
+            if let Some(row) = near {
+                let found = TableId::new(row.get::<_, String>(0), row.get::<_, String>(1));
+                let written = if id.name == "*" {
+                    TableId::new(found.schema.as_str(), "*").to_string()
+                } else {
+                    found.to_string()
+                };
+                return Err(ConnectorError::fatal(format!(
+                    "{what} on source {source_name}, but {found} does, whose name differs only in case: names are \
+                     case-sensitive; write {written:?} in sources.{source_name}.tables"
+                )));
+            }
             return Err(ConnectorError::fatal(format!(
                 "{what} on source {source_name}: create it, or remove {pattern:?} from sources.{source_name}.tables"
             )));

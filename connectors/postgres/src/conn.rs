@@ -87,7 +87,7 @@ fn connect_error(endpoint: &PgEndpoint, e: tokio_postgres::Error) -> ConnectorEr
     if let Some(tls) = find_rustls_error(&e) {
         return ConnectorError::fatal(format!("{what}: {}", explain_tls_error(tls, &endpoint.tls, &endpoint.host)));
     }
-    let text = e.to_string();
+    let text = crate::sql::with_causes(&e);
     if text.contains("server does not support TLS") {
         return ConnectorError::fatal(format!(
             "{what}: the server does not accept TLS connections but sslmode = \"{}\" requires TLS; enable ssl on the \

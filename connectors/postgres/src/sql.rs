@@ -61,6 +61,22 @@ pub fn sqlstate_class(code: &str) -> Option<ErrorClass> {
     })
 }
 
+/// An error with its causes: tokio-postgres' own text is only the kind ("error connecting to
+/// server"), the reason ("Connection refused") is in the source chain.
+pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// Converts a tokio-postgres error, classifying it. `what` says what was being done.
 pub fn pg_error(what: impl std::fmt::Display, e: tokio_postgres::Error) -> ConnectorError {
     match e.as_db_error() {
@@ -76,7 +92,7 @@ pub fn pg_error(what: impl std::fmt::Display, e: tokio_postgres::Error) -> Conne
             ConnectorError::classified(sqlstate_class(code), message).with_code(code)
         }
         None => {
-            let text = e.to_string();
+            let text = with_causes(&e);
             let class = if text.contains("password authentication failed")
                 || text.contains("invalid password")
                 || text.contains("password missing")
