@@ -1,5 +1,6 @@
 mod dlq_targets;
 mod mysql_e2e;
+mod mysql_hub;
 mod mysql_source;
 mod mysql_target;
 mod mysql_tls;
