@@ -25,6 +25,7 @@ const PIPELINES: [&str; 3] = ["hub_postgres", "hub_mariadb", "hub_sqlite"];
 /// most 10,000 changes, so a 30 s outage under this load fills its queue and then the
 /// source's 1 MiB buffer.
 const LOG_ROWS_PER_TX: u64 = 5;
+const DUMP_THREADS: &str = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE COMMAND = 'Binlog Dump'";
 
 /// `id|v|n|extra` of `items` on each engine, ordered by id.
 const ITEMS: [&str; 3] = [
@@ -159,10 +160,7 @@ max_ms = 1000
     /// this test's own).
     async fn dump_threads(&self) -> usize {
         let mut conn = self.source.connect(&self.db).await;
-        let n: Option<u64> = conn
-            .query_first("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE COMMAND = 'Binlog Dump'")
-            .await
-            .unwrap();
+        let n: Option<u64> = conn.query_first(DUMP_THREADS).await.unwrap();
         n.unwrap_or(0) as usize
     }
 
@@ -323,11 +321,17 @@ async fn one_mariadb_source_feeds_three_targets_through_one_binlog_reader() {
     tokio::task::spawn_blocking(move || my_target.kill9()).await.unwrap();
     let outage = Instant::now();
     let mut others_advanced = 0;
+    let mut max_live_lag = 0.0f64;
     // Whether the MariaDB pipeline is ever seen catching up on its own, from now on.
+    // Meanwhile, the most `Binlog Dump` threads on the source: its own catching-up dump
+    // (server_id 0) beside the shared one.
     let seen_catching_up = Arc::new(AtomicBool::new(false));
+    let dumps_while_catching_up = Arc::new(AtomicU64::new(0));
     let sampler = {
-        let (seen, port) = (seen_catching_up.clone(), s.status_port);
+        let (seen, dumps, port) = (seen_catching_up.clone(), dumps_while_catching_up.clone(), s.status_port);
+        let db = s.db.clone();
         tokio::spawn(async move {
+            let mut conn = source.connect(&db).await;
             loop {
                 let url = format!("http://127.0.0.1:{port}/metrics");
                 let body = tidewater::http_get(&url).await.unwrap_or_default();
@@ -336,6 +340,8 @@ async fn one_mariadb_source_feeds_three_targets_through_one_binlog_reader() {
                     PIPELINES[1]
                 )) {
                     seen.store(true, Ordering::Relaxed);
+                    let n: Option<u64> = conn.query_first(DUMP_THREADS).await.unwrap_or_default();
+                    dumps.fetch_max(n.unwrap_or(0), Ordering::Relaxed);
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -370,6 +376,7 @@ async fn one_mariadb_source_feeds_three_targets_through_one_binlog_reader() {
             }
             let lag = s.status(name).await["lag_seconds"].as_f64().unwrap_or(f64::MAX);
             assert!(lag < 10.0, "{name} lags {lag} s during the MariaDB outage");
+            max_live_lag = max_live_lag.max(lag);
         }
         others_advanced += 1;
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -398,6 +405,8 @@ async fn one_mariadb_source_feeds_three_targets_through_one_binlog_reader() {
          log:\n{}",
         s.daemon_log_tail()
     );
+    let dumps = dumps_while_catching_up.load(Ordering::Relaxed);
+    assert!(dumps >= 2, "its own dump ran beside the shared one (most dump threads seen: {dumps})");
     // It re-attached: one dump connection again.
     wait_for("every pipeline attached again, one Binlog Dump thread", WAIT, || async {
         (s.all_attached().await && s.dump_threads().await == 1).then_some(())
@@ -407,7 +416,8 @@ async fn one_mariadb_source_feeds_three_targets_through_one_binlog_reader() {
     assert_ne!(extra, ["0"], "the schema change wrote rows");
     eprintln!(
         "written {written} transactions: {before_kill} before the kill, MariaDB target at {behind} when it went down, \
-         {during} at its restart"
+         {during} at its restart; live targets lagged at most {max_live_lag} s during the outage; up to {dumps} \
+         dump threads while it caught up"
     );
     kill9(&mut daemon).await;
 }

@@ -448,3 +448,37 @@ impl CatchUpOut {
         taken
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::binlog_pos::GtidState;
+
+    fn out(delivered: &str) -> PipelineOut {
+        let (out, _rx) = tidewater_core::queue::source_queue(1);
+        PipelineOut { out, budget: Arc::new(Semaphore::new(1)), delivered: BinlogPosition::parse(delivered).unwrap() }
+    }
+
+    fn at(text: &str) -> BinlogPosition {
+        BinlogPosition::parse(text).unwrap()
+    }
+
+    #[test]
+    fn a_subscriber_skips_exactly_what_precedes_its_position() {
+        // By file:position: a transaction ending at or before it, or starting before it.
+        let o = out("binlog.000002:500");
+        assert!(o.has(None, &at("binlog.000002:500"), true));
+        assert!(o.has(None, &at("binlog.000001:9000"), true));
+        assert!(!o.has(None, &at("binlog.000002:501"), true));
+        assert!(o.has(None, &at("binlog.000002:499"), false));
+        assert!(!o.has(None, &at("binlog.000002:500"), false), "the next transaction starts where it is");
+        // By GTID where both have one, whatever the file positions say.
+        let o = out("binlog.000002:500 gtid=0-1-10,1-2-3");
+        let g = |text: &str| Some(GtidState::parse(text).unwrap().gtids()[0]);
+        assert!(o.has(g("0-1-10"), &at("binlog.000009:4"), true));
+        assert!(o.has(g("1-2-2"), &at("binlog.000009:4"), false));
+        assert!(!o.has(g("0-1-11"), &at("binlog.000001:4"), true));
+        assert!(!o.has(g("2-1-1"), &at("binlog.000001:4"), false), "a domain it has not seen");
+    }
+}
