@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{OnError, PipelineConfig, RetryPolicy, SnapshotMode, DEFAULT_SNAPSHOT_CHUNK_ROWS};
 use crate::connectors;
-use crate::status::{PipelineState, PipelineStatus};
+use crate::status::{PipelineState, PipelineStatus, TableState};
 use tidewater_core::batch::BatchBuilder;
 
 use tidewater_core::queue::{self, Queued};
@@ -171,6 +171,7 @@ fn fail(cfg: &PipelineConfig, status: &PipelineStatus, message: String) -> Outco
     let mut f = status.figures();
     f.state = PipelineState::Failed;
     f.last_error = Some(message.clone());
+    f.note_table_error(&message, true);
     Outcome::Failed(message)
 }
 
@@ -205,6 +206,7 @@ fn note_retry(cfg: &PipelineConfig, status: &PipelineStatus, error: &ConnectorEr
     f.state = PipelineState::Retrying;
     f.retries_total += 1;
     f.last_error = Some(error.to_string());
+    f.note_table_error(&error.to_string(), false);
 }
 
 /// Table plans: each source table and the target table it is written to.
@@ -238,6 +240,7 @@ async fn run_once(
     let mut source = connectors::source(cfg)?;
     let schemas = source.prepare().await?;
     let (plans, renames) = plans(cfg, schemas);
+    status.figures().set_tables(plans.iter().map(|p| (p.source.id.to_string(), p.target.to_string())));
     sink.ensure_tables(&plans).await?;
 
     let checkpoint = match checkpoint {
@@ -382,7 +385,19 @@ async fn copy_tables(
     plans: impl Iterator<Item = &TablePlan>,
     checkpoint: &Checkpoint,
 ) -> Result<(), ConnectorError> {
+    let plans: Vec<&TablePlan> = plans.collect();
+    for plan in &plans {
+        if let Some(t) = status.figures().table_mut(&plan.source.id.to_string()) {
+            t.state = TableState::Snapshotting;
+            t.rows_copied = 0;
+        }
+    }
     for plan in plans {
+        let name = plan.source.id.to_string();
+        let estimate = source.estimate_rows(&plan.source).await;
+        if let Some(t) = status.figures().table_mut(&name) {
+            t.rows_estimate = estimate;
+        }
         let (tx, mut rx) = mpsc::channel(SNAPSHOT_CHANNEL_CAPACITY);
         let read = async {
             let result = source.snapshot_table(&plan.source, DEFAULT_SNAPSHOT_CHUNK_ROWS, &tx).await;
@@ -395,16 +410,24 @@ async fn copy_tables(
                 let rows = chunk.rows.len() as u64;
                 let mut batch = ApplyBatch::checkpoint_only(&cfg.name, checkpoint.clone());
                 batch.tables.push(TableChanges::upserts(chunk.table, plan.target.clone(), chunk.rows));
-                let report = apply_once(cfg, sink, &batch).await?;
+                let report = apply_once(cfg, status, sink, &batch).await?;
                 status.touch();
                 rows_total += rows;
                 let mut f = status.figures();
                 f.events_applied_total += rows.saturating_sub(report.dead_letters);
                 f.dead_letters_total += report.dead_letters;
+                if let Some(t) = f.table_mut(&name) {
+                    t.rows_copied += rows;
+                }
             }
             Ok::<u64, ConnectorError>(rows_total)
         };
         let (_, rows) = tokio::try_join!(read, write)?;
+        if let Some(t) = status.figures().table_mut(&name) {
+            t.state = TableState::Streaming;
+            // Without statistics, the copy is the best estimate there is.
+            t.rows_estimate.get_or_insert(rows);
+        }
         tracing::info!(pipeline = %cfg.name, table = %plan.source.id, rows, "table copied");
     }
     Ok(())
@@ -717,6 +740,7 @@ fn stop_on_event(cfg: &PipelineConfig, e: ConnectorError) -> ConnectorError {
 /// dead-lettered (or fails the pipeline with `on_error = "stop"`).
 async fn apply_once(
     cfg: &PipelineConfig,
+    status: &PipelineStatus,
     sink: &mut dyn Sink,
     batch: &ApplyBatch,
 ) -> Result<ApplyReport, ConnectorError> {
@@ -731,6 +755,10 @@ async fn apply_once(
                     return Err(ConnectorError::transient(format!("batch rejected but no row was: {e}")));
                 }
                 tracing::warn!(pipeline = %cfg.name, dead_letters = report.dead_letters, "rows written to tidewater_dead_letters");
+                let mut targets: Vec<(String, String)> =
+                    batch.tables.iter().map(|t| (t.target.to_string(), t.target.name.clone())).collect();
+                targets.dedup();
+                status.figures().note_rejection(&e.to_string(), &targets);
                 Ok(report)
             }
         },
@@ -751,7 +779,7 @@ async fn apply_with_retry(
     let mut unknown = UnknownStreak::default();
     loop {
         let started = Instant::now();
-        let error = match apply_once(cfg, sink, batch).await {
+        let error = match apply_once(cfg, status, sink, batch).await {
             Ok(report) => return Ok(Some((report, started.elapsed().as_secs_f64()))),
             Err(e) if e.class == ErrorClass::Transient => e,
             Err(e) => return Err(e),

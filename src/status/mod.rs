@@ -40,6 +40,45 @@ impl PipelineState {
     }
 }
 
+/// A table's state in `/status` (PRODUCT.md: `snapshotting`, `resyncing`, `streaming`,
+/// `failed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableState {
+    Snapshotting,
+    Resyncing,
+    Streaming,
+    Failed,
+}
+
+impl TableState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableState::Snapshotting => "snapshotting",
+            TableState::Resyncing => "resyncing",
+            TableState::Streaming => "streaming",
+            TableState::Failed => "failed",
+        }
+    }
+}
+
+/// One source table of a pipeline, as `/status` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TableJson {
+    /// The source table (`schema.table`).
+    pub name: String,
+    /// The target table it is written to.
+    pub target: String,
+    pub state: TableState,
+    /// Rows copied by the current (or last) snapshot of the table.
+    pub rows_copied: u64,
+    /// The source's estimate of the table's rows (its statistics), when it has one.
+    pub rows_estimate: Option<u64>,
+    /// The last error about this table: a failure naming it, or a row of it the target
+    /// rejected (dead-lettered).
+    pub last_error: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Figures {
     pub state: PipelineState,
@@ -64,6 +103,75 @@ pub struct Figures {
     pub batch_events: Histogram,
     /// Seconds per successful target apply (one target transaction).
     pub apply_seconds: Histogram,
+    /// The pipeline's tables, in plan order.
+    pub tables: Vec<TableJson>,
+}
+
+impl Figures {
+    /// The entry of source table `name` (as `schema.table`), if the pipeline has it.
+    pub fn table_mut(&mut self, name: &str) -> Option<&mut TableJson> {
+        self.tables.iter_mut().find(|t| t.name == name)
+    }
+
+    /// Replaces the table list with `tables` (source, target) pairs, keeping the figures
+    /// of tables that were listed before; every table starts as `streaming` (a copy marks
+    /// its tables `snapshotting` when it begins).
+    pub fn set_tables(&mut self, tables: impl IntoIterator<Item = (String, String)>) {
+        let old = std::mem::take(&mut self.tables);
+        self.tables = tables
+            .into_iter()
+            .map(|(name, target)| match old.iter().find(|t| t.name == name) {
+                Some(t) => TableJson { target, state: TableState::Streaming, ..t.clone() },
+                None => TableJson {
+                    name,
+                    target,
+                    state: TableState::Streaming,
+                    rows_copied: 0,
+                    rows_estimate: None,
+                    last_error: None,
+                },
+            })
+            .collect();
+    }
+
+    /// Attributes `error` to every table whose source or target name it mentions (a
+    /// failure "about" a table names it); with `failed`, those tables are `failed`.
+    pub fn note_table_error(&mut self, error: &str, failed: bool) {
+        for t in &mut self.tables {
+            if mentions(error, &t.name) || mentions(error, &t.target) {
+                t.last_error = Some(error.to_string());
+                if failed {
+                    t.state = TableState::Failed;
+                }
+            }
+        }
+    }
+
+    /// Attributes a rejection of rows of a batch that wrote to `targets` (target tables,
+    /// `schema.table`) to its table: the only one, or those the message names (sinks name a
+    /// table by its full name or, SQLite, by its bare name).
+    pub fn note_rejection(&mut self, error: &str, targets: &[(String, String)]) {
+        let named: Vec<&(String, String)> = match targets {
+            [only] => vec![only],
+            _ => targets.iter().filter(|(full, bare)| mentions(error, full) || mentions(error, bare)).collect(),
+        };
+        for t in &mut self.tables {
+            if named.iter().any(|(full, _)| *full == t.target) {
+                t.last_error = Some(error.to_string());
+            }
+        }
+    }
+}
+
+/// Whether `text` names table `name` as a whole word (`public.t` is not named by
+/// `public.t2`).
+fn mentions(text: &str, name: &str) -> bool {
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    text.match_indices(name).any(|(i, m)| {
+        let before = text[..i].chars().next_back();
+        let after = text[i + m.len()..].chars().next();
+        !before.is_some_and(word) && !after.is_some_and(word)
+    })
 }
 
 /// A fixed-bucket histogram in the Prometheus sense (counts per upper bound).
@@ -132,6 +240,7 @@ impl PipelineStatus {
                 last_alive: Instant::now(),
                 batch_events: Histogram::new(BATCH_EVENT_BUCKETS),
                 apply_seconds: Histogram::new(APPLY_SECONDS_BUCKETS),
+                tables: Vec::new(),
             }),
             progress: Arc::new(SourceProgress::default()),
         })
@@ -181,6 +290,7 @@ impl PipelineStatus {
             dead_letters_total: f.dead_letters_total,
             retries_total: f.retries_total,
             last_error: f.last_error,
+            tables: f.tables,
         }
     }
 }
@@ -199,6 +309,7 @@ pub struct PipelineJson {
     pub dead_letters_total: u64,
     pub retries_total: u64,
     pub last_error: Option<String>,
+    pub tables: Vec<TableJson>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -341,6 +452,41 @@ pub fn render_metrics(registry: &Registry) -> String {
     for p in &status.pipelines {
         let _ = writeln!(out, "tidewater_pipeline_state{{pipeline=\"{}\",state=\"{}\"}} 1", p.name, p.state.as_str());
     }
+    type TableFamily = (&'static str, &'static str, &'static str, fn(&TableJson) -> Option<f64>);
+    let table_families: [TableFamily; 2] = [
+        ("table_rows_copied", "counter", "Rows copied by the table's current or last snapshot.", |t| {
+            Some(t.rows_copied as f64)
+        }),
+        ("table_rows_estimate", "gauge", "The source's estimate of the table's rows.", |t| {
+            t.rows_estimate.map(|n| n as f64)
+        }),
+    ];
+    for (name, kind, help, value) in table_families {
+        let _ = writeln!(out, "# HELP tidewater_{name} {help}\n# TYPE tidewater_{name} {kind}");
+        for p in &status.pipelines {
+            for t in &p.tables {
+                if let Some(v) = value(t) {
+                    let _ =
+                        writeln!(out, "tidewater_{name}{{pipeline=\"{}\",table=\"{}\"}} {v}", p.name, label(&t.name));
+                }
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP tidewater_table_state Current table state (1 for the current one).\n# TYPE tidewater_table_state gauge"
+    );
+    for p in &status.pipelines {
+        for t in &p.tables {
+            let _ = writeln!(
+                out,
+                "tidewater_table_state{{pipeline=\"{}\",table=\"{}\",state=\"{}\"}} 1",
+                p.name,
+                label(&t.name),
+                t.state.as_str()
+            );
+        }
+    }
     let pipelines = registry.pipelines();
     let _ = writeln!(
         out,
@@ -374,6 +520,11 @@ pub fn render_metrics(registry: &Registry) -> String {
     out
 }
 
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
 /// Binds the status server; the returned future serves until `shutdown` resolves.
 pub async fn bind(
     listen: SocketAddr,
@@ -384,4 +535,37 @@ pub async fn bind(
     let local = listener.local_addr()?;
     let serve = async move { axum::serve(listener, router(registry, token)).await };
     Ok((local, serve))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_errors_go_to_the_tables_they_name() {
+        let mut f = PipelineStatus::new("p").figures().clone();
+        f.set_tables([("public.t".to_string(), "replica.t".to_string()), ("public.t2".into(), "replica.t2".into())]);
+        f.note_table_error("writing to replica.t2: value too long", true);
+        assert_eq!(f.tables[0].last_error, None);
+        assert_eq!(f.tables[1].state, TableState::Failed);
+        // A new plan keeps the figures and starts the tables streaming again.
+        f.tables[1].rows_copied = 7;
+        f.set_tables([("public.t2".to_string(), "replica.t2".to_string())]);
+        assert_eq!(f.tables.len(), 1);
+        assert_eq!((f.tables[0].state, f.tables[0].rows_copied), (TableState::Streaming, 7));
+    }
+
+    #[test]
+    fn table_metrics_are_labelled_by_table() {
+        let status = PipelineStatus::new("p");
+        status.figures().set_tables([("public.t".to_string(), "replica.t".to_string())]);
+        status.figures().tables[0].rows_copied = 3;
+        let text = render_metrics(&Registry::new(vec![status]));
+        assert!(text.contains("tidewater_table_rows_copied{pipeline=\"p\",table=\"public.t\"} 3"), "{text}");
+        assert!(
+            text.contains("tidewater_table_state{pipeline=\"p\",table=\"public.t\",state=\"streaming\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("tidewater_table_rows_estimate{"), "{text}");
+    }
 }

@@ -38,6 +38,10 @@ async fn dlq_list_shows_sqlite_and_mariadb_dead_letters() {
         .await;
     let text = dlq_list(&p);
     assert!(text.contains("1 dead letters") && text.contains("CHECK constraint failed"), "{text}");
+    let status = p.status().await.unwrap();
+    let error = status["tables"][0]["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("CHECK constraint failed"), "the rejected row's error shows on its table: {status}");
+    assert_eq!(status["tables"][0]["state"], "streaming", "{status}");
     daemon.stop().await;
 
     // MariaDB: a timestamptz of infinity does not fit DATETIME.

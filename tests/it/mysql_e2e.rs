@@ -753,3 +753,48 @@ async fn verify_and_dlq_replay_work_for_every_target() {
     assert_eq!(text.matches("303 rows match").count(), 3, "{text}");
     daemon.stop().await;
 }
+
+// ------------------------------------------------------------------ keyless tables
+
+/// `a|b` of keyless `k` on each engine, sorted (duplicates kept).
+const K_ROWS: [&str; 3] = [
+    "SELECT coalesce(a::text, 'null') || '|' || coalesce(b, 'null') FROM k ORDER BY 1",
+    "SELECT concat_ws('|', coalesce(a, 'null'), coalesce(b, 'null')) FROM k ORDER BY 1",
+    "SELECT coalesce(a, 'null') || '|' || coalesce(b, 'null') FROM k ORDER BY 1",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_keyless_table_keeps_duplicates_on_every_target() {
+    let pg = Dst::pg("mykeyless").await;
+    let my = Dst::my("mykeyless").await;
+    let mut e = E2e::new(
+        "mykeyless",
+        "CREATE TABLE k (a INT, b VARCHAR(10)); \
+         INSERT INTO k VALUES (1, 'x'), (1, 'x'), (1, 'x'), (2, 'y'), (NULL, NULL);",
+        &["k"],
+        vec![pg, my],
+    )
+    .await;
+    e.dsts.push(Dst::Lite(e.sqlite_path("keyless.db")));
+    let daemon = e.start();
+    e.wait_all_streaming().await;
+    let k0 = strings(&["1|x", "1|x", "1|x", "2|y", "null|null"]);
+    for dst in &e.dsts {
+        e.wait_rows(dst, "the snapshot of k", K_ROWS, &k0).await;
+    }
+    let mut conn = e.conn().await;
+    sql(
+        &mut conn,
+        "INSERT INTO k VALUES (1, 'x'); UPDATE k SET b = 'z' WHERE a = 1 LIMIT 1; DELETE FROM k WHERE a = 1 AND b = 'x' LIMIT 1; \
+         DELETE FROM k WHERE a IS NULL; INSERT INTO k VALUES (3, 'w'), (3, 'w'); UPDATE k SET a = 4 WHERE a = 2",
+    )
+    .await;
+    let k1 = strings(&["1|x", "1|x", "1|z", "3|w", "3|w", "4|y"]);
+    for dst in &e.dsts {
+        e.wait_rows(dst, "k after the changes", K_ROWS, &k1).await;
+    }
+    for s in e.statuses().await.expect("status") {
+        assert_eq!(s["dead_letters_total"], 0, "{s}");
+    }
+    daemon.stop().await;
+}

@@ -25,6 +25,17 @@ async fn snapshot_then_stream_delivers_old_and_new_rows_once() {
     assert_eq!(status["events_applied_total"], 5100, "{status}");
     assert_eq!(status["state"], "streaming");
     assert!(status["lag_seconds"].as_f64().is_some());
+    let tables = status["tables"].as_array().cloned().unwrap_or_default();
+    assert_eq!(tables.len(), 1, "{status}");
+    let t = &tables[0];
+    assert_eq!(
+        (t["name"].as_str(), t["target"].as_str(), t["state"].as_str()),
+        (Some("public.orders"), Some("public.orders"), Some("streaming")),
+        "{t}"
+    );
+    assert_eq!(t["rows_copied"], 5000, "{t}");
+    assert!(t["rows_estimate"].as_u64().is_some_and(|n| n > 0), "{t}");
+    assert!(t["last_error"].is_null(), "{t}");
     let outcomes = daemon.stop().await;
     assert_eq!(outcomes, vec![tidewater::engine::Outcome::Stopped]);
 }

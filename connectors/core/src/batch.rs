@@ -330,6 +330,20 @@ impl<'a> BatchBuilder<'a> {
     }
 }
 
+/// A keyless table's deletes grouped for "delete `n` rows equal to this image": runs of
+/// equal consecutive rows (the batch builder emits the copies of one image together; equal
+/// rows that are not adjacent just form separate runs, which deletes the same total).
+pub fn equal_runs(rows: &[Vec<Value>]) -> Vec<(&[Value], usize)> {
+    let mut runs: Vec<(&[Value], usize)> = Vec::new();
+    for row in rows {
+        match runs.last_mut() {
+            Some((last, n)) if *last == row.as_slice() => *n += 1,
+            _ => runs.push((row, 1)),
+        }
+    }
+    runs
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -483,5 +497,14 @@ mod tests {
         assert_eq!(batch.tables.len(), 2);
         assert_eq!(batch.tables[1].target, TableId::new("replica", "t2"));
         assert_eq!(batch.tables[1].deletes.len(), 1);
+    }
+
+    #[test]
+    fn equal_runs_group_adjacent_copies() {
+        let a = vec![Value::Int(1)];
+        let b = vec![Value::Int(2)];
+        let rows = vec![a.clone(), a.clone(), b.clone(), a.clone()];
+        let runs = equal_runs(&rows);
+        assert_eq!(runs, vec![(a.as_slice(), 2), (b.as_slice(), 1), (a.as_slice(), 1)]);
     }
 }

@@ -116,6 +116,13 @@ pub trait Source: Send {
         Ok(Vec::new())
     }
 
+    /// The source's own estimate of `table`'s rows (its planner statistics), for progress
+    /// reports; `None` when it has none. Never scans the table.
+    async fn estimate_rows(&mut self, table: &TableSchema) -> Option<u64> {
+        let _ = table;
+        None
+    }
+
     /// Reads one table from the snapshot, in chunks of about `chunk_rows` rows.
     async fn snapshot_table(
         &mut self,

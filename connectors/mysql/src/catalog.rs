@@ -30,7 +30,6 @@ use mysql_async::Conn;
 use tidewater_core::{Column, ColumnType, ConnectorError, Engine, TableId, TableSchema};
 
 use crate::decode::{Charset, ValueKind};
-use crate::quote::quote_table;
 use crate::source_conn::{col, exec_rows, Flavour};
 
 /// A column as the catalog describes it.
@@ -102,7 +101,21 @@ pub async fn resolve_tables(
     Ok(out)
 }
 
-/// Loads a table's columns and key; a table without a usable key is a fatal error.
+/// InnoDB's estimate of a table's rows (`information_schema.TABLES.TABLE_ROWS`), for
+/// progress reports.
+pub async fn estimate_rows(conn: &mut Conn, id: &TableId) -> Option<u64> {
+    let rows = exec_rows(
+        conn,
+        "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+        (id.schema.as_str(), id.name.as_str()),
+        "reading the table's row estimate",
+    )
+    .await
+    .ok()?;
+    rows.into_iter().next().and_then(|row| row.get_opt::<Option<u64>, usize>(0)).and_then(Result::ok).flatten()
+}
+
+/// Loads a table's columns and key (none for a table without a usable key).
 pub async fn load_table(conn: &mut Conn, id: &TableId, flavour: Flavour) -> Result<CatalogTable, ConnectorError> {
     let what = format!("reading the columns of source table {id}");
     let rows = exec_rows(
@@ -142,14 +155,9 @@ pub async fn load_table(conn: &mut Conn, id: &TableId, flavour: Flavour) -> Resu
                 .map_err(|e| ConnectorError::fatal(format!("source table {id}, column {}: {e}", info.name)))?,
         );
     }
+    // No key: the table is replicated by whole rows (the binlog's full row images, which
+    // the source check requires, identify them), see `TableSchema::is_keyless`.
     let key_names = load_key(conn, id, &columns).await?;
-    if key_names.is_empty() {
-        return Err(ConnectorError::fatal(format!(
-            "table {id} has no primary key, so its rows cannot be upserted or deleted by key: add one \
-             (ALTER TABLE {} ADD PRIMARY KEY (...)) or a UNIQUE index on NOT NULL columns",
-            quote_table(id)
-        )));
-    }
     let key: Vec<usize> =
         key_names.iter().filter_map(|n| columns.iter().position(|c: &CatalogColumn| &c.column.name == n)).collect();
     let schema = Arc::new(TableSchema {

@@ -874,9 +874,6 @@ fn prepared<'a>(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    if schema.key.is_empty() {
-        return Err(ConnectorError::fatal(format!("source table {} has no key", schema.id)));
-    }
     Ok(Prepared {
         sql: TableSql {
             table: table.qualified.clone(),
@@ -1098,6 +1095,9 @@ async fn delete_rows<'v>(
     p: &Prepared<'_>,
     rows: &'v [Vec<Value>],
 ) -> Result<u64, ConnectorError> {
+    if changes.schema.is_keyless() {
+        return delete_equal_rows(conn, env, changes, p, rows).await;
+    }
     let key = &changes.schema.key;
     let row_binds = |i: usize, out: &mut Vec<Bind<'v>>| {
         for &k in key {
@@ -1107,6 +1107,26 @@ async fn delete_rows<'v>(
     };
     let how = MultiRow { width: key.len(), sql: |n| sql::delete_sql(&p.sql, n), what: "deleting from", pad: true };
     run_chunked(conn, env, changes, rows.len(), row_binds, how).await
+}
+
+/// A keyless table's deletes: for each distinct row image, as many rows equal to it as
+/// occurs (`LIMIT n`), one statement per run of equal images.
+async fn delete_equal_rows(
+    conn: &mut MySqlConnection,
+    env: &Env<'_>,
+    changes: &TableChanges,
+    p: &Prepared<'_>,
+    rows: &[Vec<Value>],
+) -> Result<u64, ConnectorError> {
+    let mut deleted = 0;
+    for (row, n) in tidewater_core::batch::equal_runs(rows) {
+        let binds = row.iter().enumerate().map(|(c, v)| bind(changes, p, c, v)).collect::<Result<Vec<_>, _>>()?;
+        check_row_size(changes, env, &binds)?;
+        deleted += exec(conn, &sql::delete_equal_sql(&p.sql, n), &binds)
+            .await
+            .map_err(|e| sqlx_error(format_args!("deleting from {}", changes.target), e))?;
+    }
+    Ok(deleted)
 }
 
 async fn upsert_rows<'v>(
@@ -1306,12 +1326,6 @@ async fn reconcile(
     target: &TableId,
     mode: Mode,
 ) -> Result<(), ConnectorError> {
-    if schema.key.is_empty() {
-        return Err(ConnectorError::fatal(format!(
-            "source table {} has no primary key or replica identity index: add one",
-            schema.id
-        )));
-    }
     let (db, name) = target_location(url_db, target);
     let qualified = format!("{}.{}", quote_ident(&db), quote_ident(&name));
     let mut existing = load_columns(conn, &db, &name).await?;
@@ -1356,6 +1370,14 @@ async fn reconcile(
                 column.name
             )));
         }
+    }
+    if schema.is_keyless() {
+        // Rows are appended and matched by their whole content: no key to check.
+        state.targets.insert(target.clone(), table);
+        if mode.follow_type_changes {
+            state.reconciled.insert(target.clone(), schema.clone());
+        }
+        return Ok(());
     }
     let key: BTreeSet<String> = schema.key.iter().map(|&i| schema.columns[i].name.to_lowercase()).collect();
     let uniques = load_unique_indexes(conn, &db, &name).await?;

@@ -144,6 +144,10 @@ fn tuples(width: usize, rows: usize) -> String {
 
 /// Multi-row upsert of full rows (every column bound, row after row).
 pub fn upsert_sql(server: &Server, t: &TableSql, rows: usize) -> String {
+    if t.key.is_empty() {
+        // A keyless table: rows are appended (equal rows are rows of their own).
+        return format!("INSERT INTO {} ({}) VALUES {}", t.table, t.columns.join(", "), tuples(t.columns.len(), rows));
+    }
     let alias = if server.row_alias() { " AS tw_new" } else { "" };
     format!(
         "INSERT INTO {} ({}) VALUES {}{alias} {}",
@@ -162,6 +166,13 @@ pub fn delete_sql(t: &TableSql, rows: usize) -> String {
         let key = t.key.iter().map(|&k| t.columns[k].as_str()).collect::<Vec<_>>().join(", ");
         format!("DELETE FROM {} WHERE ({key}) IN ({})", t.table, tuples(t.key.len(), rows))
     }
+}
+
+/// Deletes `n` rows equal to one row image (every column bound, in column order; NULLs
+/// match NULLs) of a keyless table.
+pub fn delete_equal_sql(t: &TableSql, n: usize) -> String {
+    let all = t.columns.iter().map(|c| format!("{c} <=> ?")).collect::<Vec<_>>().join(" AND ");
+    format!("DELETE FROM {} WHERE {all} LIMIT {n}", t.table)
 }
 
 /// `key = ? AND ...` over `alias`'s key columns (`alias` may be empty).
@@ -248,10 +259,10 @@ pub fn create_database_sql(server: &Server, database: &str) -> String {
 pub fn create_table_sql(server: &Server, table: &str, columns: &[ColumnDecl]) -> String {
     let defs = columns.iter().map(|c| column_definition(server, c)).collect::<Vec<_>>();
     let key = columns.iter().filter(|c| c.key).map(|c| quote_ident(&c.name)).collect::<Vec<_>>();
+    let primary_key = if key.is_empty() { String::new() } else { format!(", PRIMARY KEY ({})", key.join(", ")) };
     format!(
-        "CREATE TABLE IF NOT EXISTS {table} ({}, PRIMARY KEY ({})) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={}",
+        "CREATE TABLE IF NOT EXISTS {table} ({}{primary_key}) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={}",
         defs.join(", "),
-        key.join(", "),
         server.binary_collation()
     )
 }

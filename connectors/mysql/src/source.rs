@@ -289,6 +289,11 @@ impl Source for MysqlSource {
         Ok(())
     }
 
+    async fn estimate_rows(&mut self, table: &TableSchema) -> Option<u64> {
+        let conn = self.snapshot.as_mut()?;
+        crate::catalog::estimate_rows(conn, &table.id).await
+    }
+
     async fn snapshot_table(
         &mut self,
         table: &Arc<TableSchema>,

@@ -99,6 +99,21 @@ pub async fn leaf_partitions(client: &Client, relid: u32) -> Result<Vec<TableId>
     Ok(rows.iter().map(|r| TableId::new(r.get::<_, String>(0), r.get::<_, String>(1))).collect())
 }
 
+/// The planner's row estimate of table `relid` (the sum over the leaf partitions of a
+/// partitioned table); `None` before the table was first analyzed.
+pub async fn estimate_rows(client: &Client, relid: u32) -> Result<Option<u64>, ConnectorError> {
+    let row = client
+        .query_one(
+            "SELECT sum(c.reltuples)::float8, bool_and(c.reltuples >= 0) FROM pg_partition_tree($1::oid) t \
+             JOIN pg_class c ON c.oid = t.relid WHERE t.isleaf",
+            &[&relid],
+        )
+        .await
+        .map_err(|e| pg_error("reading the table's row estimate", e))?;
+    let (sum, known): (Option<f64>, Option<bool>) = (row.get(0), row.get(1));
+    Ok(sum.filter(|_| known == Some(true)).map(|n| n.max(0.0).round() as u64))
+}
+
 /// What the configured patterns cover right now: each table (by OID) and the leaf
 /// partitions of the partitioned ones. When it changes while streaming (a table created
 /// under a wildcard, dropped, renamed; a partition attached or detached) the pipeline

@@ -459,6 +459,12 @@ impl Source for PgSource {
         crate::catalog::leaf_partitions(&client, relid).await
     }
 
+    async fn estimate_rows(&mut self, table: &TableSchema) -> Option<u64> {
+        let relid = self.tables.iter().find(|(id, _)| *id == table.id).map(|(_, relid)| *relid)?;
+        let client = self.client().await.ok()?;
+        crate::catalog::estimate_rows(&client, relid).await.ok().flatten()
+    }
+
     async fn snapshot_table(
         &mut self,
         table: &Arc<TableSchema>,

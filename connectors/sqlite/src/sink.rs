@@ -585,6 +585,10 @@ fn column_list(schema: &TableSchema, columns: impl IntoIterator<Item = usize>) -
 
 /// `ON CONFLICT (key) DO UPDATE SET <every non-key column>` (or `DO NOTHING`).
 fn upsert_conflict_clause(schema: &TableSchema) -> String {
+    if schema.is_keyless() {
+        // Rows are appended: equal rows are rows of their own.
+        return String::new();
+    }
     let key = column_list(schema, schema.key.iter().copied());
     let sets: Vec<String> = (0..schema.columns.len())
         .filter(|i| !schema.key.contains(i))
@@ -827,6 +831,25 @@ impl Writer<'_> {
         let schema = &changes.schema;
         let name = sqlite_table_name(&changes.target);
         let table = quote_ident(name);
+        if schema.is_keyless() {
+            // Each distinct image removes as many equal rows as it occurs.
+            let all: Vec<usize> = (0..schema.columns.len()).collect();
+            let matches = all
+                .iter()
+                .map(|&i| format!("{} IS ?", quote_ident(&schema.columns[i].name)))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let mut written = 0;
+            for (row, n) in tidewater_core::batch::equal_runs(rows) {
+                let sql =
+                    format!("DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {matches} LIMIT {n})");
+                let q = bind_row(sqlx::query(&sql), schema, affinity, row, &all)?;
+                let done =
+                    q.execute(&mut *self.conn).await.map_err(|e| self.err(format_args!("deleting from {name}"), e))?;
+                written += done.rows_affected();
+            }
+            return Ok(written);
+        }
         let key = &schema.key;
         let mut written = 0;
         for chunk in chunks(rows.len(), key.len()) {
@@ -1009,7 +1032,7 @@ impl Writer<'_> {
     ) -> Result<(), ConnectorError> {
         let key: BTreeSet<&str> = schema.key_names().into_iter().collect();
         let pk: BTreeSet<&str> = existing.iter().filter(|c| c.pk > 0).map(|c| c.name.as_str()).collect();
-        if pk == key {
+        if pk == key || schema.is_keyless() {
             return Ok(());
         }
         let what = format!("reading the indexes of target table {name}");
@@ -1051,12 +1074,12 @@ impl Writer<'_> {
                 format!("{} {}{not_null}", quote_ident(&c.name), declared_type(&c.kind))
             })
             .collect();
-        let sql = format!(
-            "CREATE TABLE {} ({}, PRIMARY KEY ({}))",
-            quote_ident(name),
-            columns.join(", "),
-            column_list(schema, schema.key.iter().copied())
-        );
+        let primary_key = if schema.is_keyless() {
+            String::new()
+        } else {
+            format!(", PRIMARY KEY ({})", column_list(schema, schema.key.iter().copied()))
+        };
+        let sql = format!("CREATE TABLE {} ({}{primary_key})", quote_ident(name), columns.join(", "));
         self.exec(&sql, format!("creating target table {name}")).await?;
         tracing::info!(table = %name, source = %schema.id, "created SQLite target table");
         Ok(())
@@ -1066,9 +1089,6 @@ impl Writer<'_> {
     /// missing columns, refuses type changes it cannot store exactly. Runs inside the
     /// caller's transaction so DDL and data commit together.
     async fn reconcile(&mut self, schema: &Arc<TableSchema>, target: &TableId) -> Result<(), ConnectorError> {
-        if schema.key.is_empty() {
-            return Err(ConnectorError::fatal(format!("source table {} has no key", schema.id)));
-        }
         let name = sqlite_table_name(target);
         let previous = self.tables.get(name).map(|t| t.schema.clone());
         let qtable = quote_ident(name);
