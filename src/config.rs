@@ -96,6 +96,10 @@ pub struct RawSource {
     pub tables: Vec<String>,
     /// MySQL: unique replica server id.
     pub server_id: Option<u32>,
+    /// MySQL: MiB of recent decoded transactions the source's one binlog reader keeps for
+    /// its pipelines (default 64); a pipeline further behind reads on its own until it
+    /// catches up.
+    pub binlog_buffer_mb: Option<u32>,
     /// Postgres: replication slot name (default `tidewater_<pipeline>`); only when a single
     /// pipeline reads this source.
     pub slot: Option<String>,
@@ -233,6 +237,7 @@ pub struct SourceConfig {
     pub password: Secret,
     pub tables: Vec<String>,
     pub server_id: Option<u32>,
+    pub binlog_buffer_mb: Option<u32>,
     pub tls: TlsConfig,
 }
 
@@ -510,6 +515,9 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
                 Some(_) => {}
             }
         }
+        if src.binlog_buffer_mb == Some(0) || (src.binlog_buffer_mb.is_some() && kind != Some(SourceKind::Mysql)) {
+            errors.push(err(format!("{key}.binlog_buffer_mb"), "only for mysql sources, at least 1 (MiB)"));
+        }
         let tls = tls_config(
             &key,
             // Every source kind (postgres, mysql) connects over the network.
@@ -530,6 +538,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
                         password,
                         tables: src.tables.clone(),
                         server_id: src.server_id,
+                        binlog_buffer_mb: src.binlog_buffer_mb,
                         tls,
                     },
                     src.slot.clone(),
@@ -684,13 +693,6 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
         }
         if let (Some((source, src_slot, src_pub)), Some(target)) = (source, target) {
             let shared = uses_of(&p.source) > 1;
-            if shared && source.kind == SourceKind::Mysql {
-                errors.push(err(
-                    format!("sources.{}.server_id", p.source),
-                    "this mysql source feeds several pipelines, but each binlog reader needs its own server_id: \
-                     give each pipeline its own [sources.*] section (same url, different server_id)",
-                ));
-            }
             if shared && (src_slot.is_some() || src_pub.is_some()) {
                 errors.push(err(
                     format!("sources.{}.slot", p.source),

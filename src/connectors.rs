@@ -88,7 +88,13 @@ pub fn source(cfg: &PipelineConfig) -> Result<Box<dyn Source>, ConnectorError> {
                     tables: cfg.source.tables.clone(),
                     server_id,
                 })
-                .with_tls(mysql_tls(&cfg.source.tls)),
+                .with_tls(mysql_tls(&cfg.source.tls))
+                .for_pipeline(cfg.name.clone())
+                .with_buffer_bytes(
+                    cfg.source.binlog_buffer_mb.map_or(tidewater_mysql::hub::DEFAULT_BUFFER_BYTES, |mb| {
+                        usize::try_from(mb).unwrap_or(usize::MAX).saturating_mul(1024 * 1024)
+                    }),
+                ),
             ))
         }
     }

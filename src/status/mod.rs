@@ -488,6 +488,16 @@ pub fn render_metrics(registry: &Registry) -> String {
         }
     }
     let pipelines = registry.pipelines();
+    let _ = writeln!(
+        out,
+        "# HELP tidewater_source_reader How the pipeline reads a binlog its source section shares (1 for the current \
+         mode): attached to the section's one reader, or catching_up on its own.\n# TYPE tidewater_source_reader gauge"
+    );
+    for p in &pipelines {
+        if let Some(mode) = p.progress.reader_mode.lock().ok().and_then(|m| *m) {
+            let _ = writeln!(out, "tidewater_source_reader{{pipeline=\"{}\",mode=\"{mode}\"}} 1", p.name);
+        }
+    }
     for (name, help, pick) in [
         (
             "batch_events",

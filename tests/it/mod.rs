@@ -2,6 +2,7 @@ mod check_cli;
 mod deps;
 mod dlq_targets;
 mod mysql_e2e;
+mod mysql_hub;
 mod mysql_source;
 mod mysql_target;
 mod mysql_tls;

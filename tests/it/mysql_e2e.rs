@@ -18,24 +18,24 @@ static SERVER_IDS: AtomicU32 = AtomicU32::new(0);
 
 /// A replica id distinct from every other stream of this test process (and from the ids
 /// `mysql_source.rs` hands out: those stay below 1000 + 5000 * 100).
-fn server_id() -> u32 {
+pub(crate) fn server_id() -> u32 {
     let base = 1_000_000 + (std::process::id() % 5000) * 100;
     base + SERVER_IDS.fetch_add(1, Ordering::Relaxed)
 }
 
-async fn sql(conn: &mut mysql_async::Conn, statements: &str) {
+pub(crate) async fn sql(conn: &mut mysql_async::Conn, statements: &str) {
     conn.query_drop(statements).await.unwrap_or_else(|e| panic!("{statements}: {e}"));
 }
 
 /// Where one pipeline writes.
-enum Dst {
+pub(crate) enum Dst {
     Pg(&'static PgServer, String),
     My(&'static MyServer, String),
     Lite(PathBuf),
 }
 
 impl Dst {
-    async fn pg(prefix: &str) -> Dst {
+    pub(crate) async fn pg(prefix: &str) -> Dst {
         let pg = pg_target().await;
         Dst::Pg(pg, fresh_db(pg, prefix).await)
     }
@@ -46,7 +46,7 @@ impl Dst {
     }
 
     /// Every row of `sql` (one text column per row; `NULL` as `<NULL>`), in its order.
-    async fn texts(&self, pg_sql: &str, my_sql: &str, lite_sql: &str) -> Vec<String> {
+    pub(crate) async fn texts(&self, pg_sql: &str, my_sql: &str, lite_sql: &str) -> Vec<String> {
         match self {
             Dst::Pg(pg, db) => {
                 let c = pg.connect_as(db, REPLICATOR_USER, REPLICATOR_PASSWORD).await;
@@ -71,7 +71,21 @@ impl Dst {
         }
     }
 
-    fn kind(&self) -> &'static str {
+    /// The body of its `[targets.*]` section; the password files are `DIR/pgpw` and
+    /// `DIR/mypw`.
+    pub(crate) fn target_section(&self, dir: &str) -> String {
+        match self {
+            Dst::Pg(pg, db) => format!(
+                "type = \"postgres\"\nurl = \"postgres://{REPLICATOR_USER}@127.0.0.1:{}/{db}\"\npassword_file = \
+                 \"{dir}/pgpw\"",
+                pg.port
+            ),
+            Dst::My(my, db) => format!("type = \"mysql\"\nurl = \"{}\"\npassword_file = \"{dir}/mypw\"", my.url(db)),
+            Dst::Lite(path) => format!("type = \"sqlite\"\npath = \"{}\"", path.display()),
+        }
+    }
+
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Dst::Pg(..) => "postgres",
             Dst::My(..) => "mariadb",
@@ -130,17 +144,7 @@ impl E2e {
         );
         let mapping: String = self.tables.iter().map(|t| format!("\"{}.{t}\" = \"public.{t}\"\n", self.db)).collect();
         for (n, dst) in self.dsts.iter().enumerate() {
-            let target = match dst {
-                Dst::Pg(pg, db) => format!(
-                    "type = \"postgres\"\nurl = \"postgres://{REPLICATOR_USER}@127.0.0.1:{}/{db}\"\npassword_file = \
-                     \"{dir}/pgpw\"",
-                    pg.port
-                ),
-                Dst::My(my, db) => {
-                    format!("type = \"mysql\"\nurl = \"{}\"\npassword_file = \"{dir}/mypw\"", my.url(db))
-                }
-                Dst::Lite(path) => format!("type = \"sqlite\"\npath = \"{}\"", path.display()),
-            };
+            let target = dst.target_section(&dir.to_string());
             text.push_str(&format!(
                 r#"
 [sources.src{n}]

@@ -462,19 +462,21 @@ async fn duplicate_server_id_is_a_clear_error() {
     let mut conn = server.connect(&db).await;
     sql(&mut conn, "CREATE TABLE t (id INT PRIMARY KEY)").await;
     let id = unique_server_id();
-    let with_id = || {
+    // Pipelines of one section share its reader; another section (or another replica)
+    // with the same id is the clash.
+    let with_id = |section: &str| {
         MysqlSource::new(MysqlSourceConfig {
-            source_name: "src".into(),
+            source_name: section.into(),
             endpoint: endpoint(server, &db),
             tables: vec![format!("{db}.t")],
             server_id: id,
         })
     };
-    let mut a = with_id();
+    let mut a = with_id("src");
     a.prepare().await.expect("prepare");
     let start = a.begin_without_snapshot().await.expect("position");
     let mut first = Stream::start(&mut a, &start).await;
-    let mut b = with_id();
+    let mut b = with_id("other");
     b.prepare().await.expect("prepare");
     let _second = Stream::start(&mut b, &start).await;
     let e = first.failure().await;

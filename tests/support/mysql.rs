@@ -258,6 +258,16 @@ rm -rf "$root"
         .map_err(|e| format!("cannot spawn cleanup watchdog: {e}"))
 }
 
+/// A MariaDB server of its own (not shared), set up like the shared ones, for a test that
+/// stops it or counts its connections. It lives as long as the test process.
+pub async fn private_mysql(name: &'static str, server_id: u32) -> &'static MyServer {
+    match tokio::task::spawn_blocking(move || MyServer::create(name, server_id)).await {
+        Ok(Ok(server)) => Box::leak(Box::new(server)),
+        Ok(Err(e)) => panic!("could not start the private MariaDB {name} server: {e}"),
+        Err(e) => panic!("setup task for the private MariaDB {name} server failed: {e}"),
+    }
+}
+
 /// A MariaDB server of its own (not shared) with TLS: `ssl_ca`, `ssl_cert`, `ssl_key`
 /// set to the given PEM files (readable by the server's OS user) and
 /// `require_secure_transport=ON`, so every TCP login must use TLS. Set up like the shared

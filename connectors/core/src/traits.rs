@@ -52,6 +52,9 @@ pub struct SourceProgress {
     pub head_position: std::sync::Mutex<Option<String>>,
     /// Distance in bytes between the head and the acknowledged position.
     pub lag_bytes: std::sync::atomic::AtomicU64,
+    /// For a source whose pipelines share one reader (MySQL): `attached` while this
+    /// pipeline reads from the shared reader, `catching_up` while it reads on its own.
+    pub reader_mode: std::sync::Mutex<Option<&'static str>>,
 }
 
 /// A running stream; dropping it does not stop the stream, [`StreamHandle::stop`] does.

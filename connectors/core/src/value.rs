@@ -65,6 +65,13 @@ impl Value {
                 }
                 s
             }
+            other => other.as_text().unwrap_or_default().to_string(),
+        })
+    }
+
+    /// The text of every variant that holds its value as text.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
             Value::Decimal(s)
             | Value::Text(s)
             | Value::Json(s)
@@ -75,8 +82,10 @@ impl Value {
             | Value::Timestamp(s)
             | Value::TimestampTz(s)
             | Value::Interval(s)
-            | Value::Other(s) => s.clone(),
-        })
+            | Value::Other(s) => Some(s),
+            Value::Null | Value::Unchanged | Value::Bool(_) | Value::Int(_) | Value::UInt(_) | Value::Float(_) => None,
+            Value::Bytes(_) => None,
+        }
     }
 
     /// JSON rendering used for dead-letter payloads and diagnostics.

@@ -15,10 +15,13 @@ pub mod binlog_events;
 pub mod binlog_pos;
 pub mod catalog;
 pub mod decode;
+pub mod hub;
+pub(crate) mod reader;
 pub mod snapshot;
 pub mod source;
 pub mod source_check;
 pub mod source_conn;
 pub mod source_ddl;
+pub(crate) mod table_maps;
 
 pub use source::{MysqlSource, MysqlSourceConfig};
