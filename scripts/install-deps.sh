@@ -82,9 +82,10 @@ cargo-fmt              @rustup               all          -
 cargo-clippy           @rustup               all          -
 sudo                   @optional             all          -
 apt-get                apt                   all          -
+# -- build.rs stamps --version with the commit; a test checks it
+git                    git                   all          -
 # -- scripts/fresh-machine-check.sh only
 debootstrap            debootstrap           fresh-check  -
-git                    git                   fresh-check  -
 chroot                 coreutils             fresh-check  -
 mount                  mount                 fresh-check  -
 umount                 mount                 fresh-check  -
