@@ -161,9 +161,6 @@ struct SinkState {
     targets: HashMap<TableId, TargetTable>,
     /// The newest source schema each target table was reconciled with.
     reconciled: HashMap<TableId, Arc<TableSchema>>,
-    /// The last source schema each target table was made to fit, in segment order
-    /// (renames and drops are followed from one segment's schema to the next).
-    seen: HashMap<TableId, Arc<TableSchema>>,
 }
 
 /// What the connection knows about its server.
@@ -1371,9 +1368,6 @@ async fn reconcile(
             )));
         }
     }
-    if mode.allow_ddl {
-        state.seen.insert(target.clone(), schema.clone());
-    }
     let table = TargetTable { qualified, columns: existing, guard: false };
     for column in &schema.columns {
         if table.column(&column.name).is_none() {
@@ -1453,7 +1447,7 @@ fn plan_ddl(
     // its redelivery from the start replays the older schema, and DDL outside the
     // transaction would flip the table back and forth.
     let mut renamed_to: Vec<String> = Vec::new();
-    if let (Some(prev), true) = (state.seen.get(target), mode.allow_ddl) {
+    if let (Some(prev), true) = (previous, mode.follow_type_changes && mode.allow_ddl) {
         let changes = tidewater_core::ColumnChanges::between(prev, schema);
         for (old, new) in &changes.renamed {
             if find(old).is_some() && find(new).is_none() {
