@@ -44,9 +44,15 @@ async fn dlq_list_shows_sqlite_and_mariadb_dead_letters() {
     assert_eq!(status["tables"][0]["state"], "streaming", "{status}");
     daemon.stop().await;
 
-    // MariaDB: a timestamptz of infinity does not fit DATETIME.
+    // MariaDB: a timestamptz of infinity does not fit the DATETIME column a user created.
     let target = mysql_target().await;
     let db = fresh_mysql_db(target, "dlq").await;
+    {
+        use mysql_async::prelude::Queryable;
+        let mut conn = target.connect(&db).await;
+        conn.query_drop("CREATE TABLE e (id INT PRIMARY KEY, at DATETIME(6))").await.unwrap();
+        let _ = conn.disconnect().await;
+    }
     let mut p =
         TestPipeline::new("dlqmaria", "CREATE TABLE e (id int PRIMARY KEY, at timestamptz)", &["public.e"]).await;
     std::fs::write(p.dir.path().join("mypw"), MYSQL_PASSWORD).unwrap();

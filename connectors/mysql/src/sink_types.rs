@@ -24,6 +24,14 @@ pub const MAX_VARCHAR_CHARS: u32 = 16383;
 /// 65535 bytes); beyond it the longest ones become LONGTEXT.
 pub const ROW_BYTES_BUDGET: u64 = 60_000;
 
+/// Characters of a float's text (`-1.7976931348623157e308` is 23).
+pub const FLOAT_TEXT_CHARS: u32 = 32;
+/// Characters of a Postgres date's text (`5874897-12-31 BC` is 16).
+pub const DATE_TEXT_CHARS: u32 = 32;
+/// Characters of a Postgres timestamp(tz)'s text (`294276-12-31 23:59:59.999999+14:59:59 BC`
+/// is 41).
+pub const TIMESTAMP_TEXT_CHARS: u32 = 48;
+
 /// The MySQL column type for `column` — THE type mapping table (PostgreSQL source types in
 /// the comments). `key` says whether the column is part of the primary key: MySQL cannot
 /// index TEXT/BLOB/JSON without a length, so key columns of those types get a VARCHAR or
@@ -46,17 +54,18 @@ pub fn mysql_type(schema: &TableSchema, column: &Column, key: bool) -> String {
         ColumnType::Int32 => "INT".into(),              // int4
         ColumnType::Int64 => "BIGINT".into(),           // int8, oid
         ColumnType::UInt64 => "BIGINT UNSIGNED".into(), // (MySQL source: bigint unsigned)
-        ColumnType::Float32 => "FLOAT".into(),          // float4 (NaN/±Infinity → dead letter)
-        ColumnType::Float64 => "DOUBLE".into(),         // float8 (NaN/±Infinity → dead letter)
-        // numeric(p,s) that MySQL's DECIMAL can hold: the same. Values with more decimal
-        // places than s are rejected (MySQL would round them with only a note).
-        ColumnType::Numeric { precision: Some(p), scale } if fits_decimal(*p, scale.unwrap_or(0)) => {
-            format!("DECIMAL({p},{})", scale.unwrap_or(0))
-        }
-        // numeric without a typmod (or beyond DECIMAL's 65 digits / 30 decimals): the widest
-        // DECIMAL; values needing more than 35 integer or 30 decimal digits, NaN and
-        // ±Infinity are rejected (dead letter), never rounded.
-        ColumnType::Numeric { .. } => "DECIMAL(65,30)".into(),
+        // Types whose Postgres range MySQL's own types cannot hold are created as text in
+        // the source's text form, so no value is lost or dead-lettered (PRODUCT.md: a table
+        // Tidewater creates holds every value). A table you create yourself with DOUBLE,
+        // DECIMAL or DATETIME columns is used as it is; values those cannot hold (NaN,
+        // infinities, BC or 5-digit years) then go to the dead-letter table.
+        // float4/float8: shortest round-trip text, `NaN`, `Infinity`, `-Infinity`.
+        ColumnType::Float32 | ColumnType::Float64 => format!("VARCHAR({FLOAT_TEXT_CHARS})"),
+        // numeric(p,s): sign, p digits and a point (or `NaN`); unconstrained numeric holds up
+        // to 131072 digits (and ±Infinity): LONGTEXT.
+        ColumnType::Numeric { precision: Some(p), .. } if *p + 2 <= MAX_KEY_CHARS => format!("VARCHAR({})", p + 2),
+        ColumnType::Numeric { .. } if key => key_text(None),
+        ColumnType::Numeric { .. } => "LONGTEXT".into(),
         ColumnType::Text | ColumnType::Varchar(None) | ColumnType::Char(None) if key => key_text(None),
         ColumnType::Text | ColumnType::Varchar(None) | ColumnType::Char(None) => "LONGTEXT".into(),
         ColumnType::Varchar(Some(n)) if key => key_text(Some(*n)),
@@ -72,12 +81,13 @@ pub fn mysql_type(schema: &TableSchema, column: &Column, key: bool) -> String {
         ColumnType::Json | ColumnType::Jsonb if key => key_text(None),
         ColumnType::Json | ColumnType::Jsonb => "JSON".into(),
         ColumnType::Uuid => "CHAR(36)".into(), // canonical lowercase text
-        ColumnType::Date => "DATE".into(),     // years 1000–9999; infinity/BC → dead letter
-        ColumnType::Time => "TIME(6)".into(),
+        // date/timestamp/timestamptz: the source's ISO text (`2024-02-29`, `infinity`,
+        // `0044-03-15 BC`, `12345-01-01`); timestamptz with its offset as the source sent it.
+        ColumnType::Date => format!("VARCHAR({DATE_TEXT_CHARS})"),
+        ColumnType::Time => "TIME(6)".into(), // 00:00:00 … 24:00:00 fits TIME's ±838 h
         ColumnType::TimeTz => "VARCHAR(32)".into(), // text with its offset, e.g. 12:00:00+05:30
-        ColumnType::Timestamp => "DATETIME(6)".into(),
-        ColumnType::TimestampTz => "DATETIME(6)".into(), // converted to UTC
-        ColumnType::Interval => "VARCHAR(64)".into(),    // ISO 8601 text, e.g. P1Y2M3DT4H5M6S
+        ColumnType::Timestamp | ColumnType::TimestampTz => format!("VARCHAR({TIMESTAMP_TEXT_CHARS})"),
+        ColumnType::Interval => "VARCHAR(64)".into(), // ISO 8601 text, e.g. P1Y2M3DT4H5M6S
         // Arrays: a JSON array (numbers for integer/float arrays, true/false for boolean,
         // embedded documents for json arrays, strings otherwise).
         ColumnType::Array if key => key_text(None),
@@ -86,11 +96,6 @@ pub fn mysql_type(schema: &TableSchema, column: &Column, key: bool) -> String {
         ColumnType::Other if key => key_text(None),
         ColumnType::Other => "LONGTEXT".into(), // inet, ranges, money, xml, ...: source text
     }
-}
-
-/// MySQL DECIMAL takes at most 65 digits, 30 of them after the point.
-fn fits_decimal(precision: u32, scale: u32) -> bool {
-    (1..=65).contains(&precision) && scale <= 30 && scale <= precision
 }
 
 /// A MySQL source's declared type when it is a plain built-in type (no ENUM/SET labels,
@@ -222,6 +227,11 @@ impl TargetColumn {
         }
     }
 
+    /// A character column (CHAR, VARCHAR, any TEXT): values go in as their text.
+    fn is_text(&self) -> bool {
+        matches!(self.data_type.as_str(), "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext")
+    }
+
     fn is_temporal(&self) -> bool {
         matches!(self.data_type.as_str(), "date" | "datetime" | "timestamp")
     }
@@ -288,6 +298,11 @@ pub fn convert<'a>(
         Value::Bool(b) => Bind::Bool(*b),
         Value::Int(i) => Bind::Int(*i),
         Value::UInt(u) => Bind::UInt(*u),
+        Value::Float(f) if target.is_text() => Bind::Text(Cow::Owned(float_text(*f))),
+        Value::Decimal(s) if target.is_text() => Bind::Text(Cow::Borrowed(s)),
+        Value::TimestampTz(s) if target.is_text() => {
+            Bind::Text(utc_text(s).map_or(Cow::Borrowed(s.as_str()), Cow::Owned))
+        }
         Value::Float(f) => {
             if f.is_finite() {
                 Bind::Float(*f)
@@ -316,6 +331,28 @@ pub fn convert<'a>(
         }
         Value::Other(s) => Bind::Text(Cow::Borrowed(s)),
     })
+}
+
+/// A float as the shortest text that reads back as the same value, integral values
+/// without `.0` as Postgres writes them (`5`, `0.1`, `-1.5e300`, `NaN`, `-Infinity`).
+fn float_text(f: f64) -> String {
+    let text = tidewater_core::value::format_float(f);
+    match text.strip_suffix(".0") {
+        Some(integral) => integral.to_string(),
+        None => text,
+    }
+}
+
+/// A timestamp with zone as UTC text (`2024-02-29 10:34:56.123456`, what a DATETIME(6)
+/// column would show); `None` for text that is no such timestamp or has a year outside
+/// 1–9999 (`infinity`, BC, 5-digit years), which is then kept as the source sent it.
+fn utc_text(s: &str) -> Option<String> {
+    use chrono::{DateTime, Datelike, Utc};
+    let parsed = DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z")
+        .or_else(|_| DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%#z"))
+        .ok()?
+        .with_timezone(&Utc);
+    (1..=9999).contains(&parsed.year()).then(|| parsed.format("%Y-%m-%d %H:%M:%S%.6f").to_string())
 }
 
 /// Builds a value from the text a schema carries for existing rows of an added column
@@ -840,10 +877,12 @@ mod tests {
         let t = |kind: ColumnType, key: bool| mysql_type(&s, &col(kind, "x"), key);
         assert_eq!(t(ColumnType::Bool, false), "BOOLEAN");
         assert_eq!(t(ColumnType::Int32, false), "INT");
-        assert_eq!(t(ColumnType::Numeric { precision: Some(10), scale: Some(2) }, false), "DECIMAL(10,2)");
-        assert_eq!(t(ColumnType::Numeric { precision: None, scale: None }, false), "DECIMAL(65,30)");
-        assert_eq!(t(ColumnType::Numeric { precision: Some(80), scale: Some(2) }, false), "DECIMAL(65,30)");
-        assert_eq!(t(ColumnType::Numeric { precision: Some(40), scale: Some(35) }, false), "DECIMAL(65,30)");
+        assert_eq!(t(ColumnType::Numeric { precision: Some(10), scale: Some(2) }, false), "VARCHAR(12)");
+        assert_eq!(t(ColumnType::Numeric { precision: None, scale: None }, false), "LONGTEXT");
+        assert_eq!(t(ColumnType::Numeric { precision: None, scale: None }, true), "VARCHAR(255)");
+        assert_eq!(t(ColumnType::Numeric { precision: Some(80), scale: Some(2) }, false), "VARCHAR(82)");
+        assert_eq!(t(ColumnType::Float64, false), "VARCHAR(32)");
+        assert_eq!(t(ColumnType::Date, true), "VARCHAR(32)");
         assert_eq!(t(ColumnType::Text, false), "LONGTEXT");
         assert_eq!(t(ColumnType::Text, true), "VARCHAR(255)");
         assert_eq!(t(ColumnType::Varchar(Some(20)), false), "VARCHAR(20)");
@@ -855,7 +894,7 @@ mod tests {
         assert_eq!(t(ColumnType::Bytes, true), "VARBINARY(255)");
         assert_eq!(t(ColumnType::Jsonb, false), "JSON");
         assert_eq!(t(ColumnType::Uuid, true), "CHAR(36)");
-        assert_eq!(t(ColumnType::TimestampTz, false), "DATETIME(6)");
+        assert_eq!(t(ColumnType::TimestampTz, false), "VARCHAR(48)");
         assert_eq!(t(ColumnType::Array, false), "JSON");
         assert_eq!(t(ColumnType::Enum, false), "VARCHAR(255)");
         assert_eq!(t(ColumnType::Other, false), "LONGTEXT");
@@ -993,6 +1032,33 @@ mod tests {
         assert!(convert(&Value::Float(f64::NEG_INFINITY), &c, Engine::Postgres, &dbl)
             .unwrap_err()
             .contains("-Infinity"));
+        // Into the text columns Tidewater creates for them: exact text, nothing rejected.
+        let text = target("VARCHAR(32)");
+        assert_eq!(
+            convert(&Value::Float(f64::NAN), &c, Engine::Postgres, &text).unwrap(),
+            Bind::Text(Cow::Owned("NaN".into()))
+        );
+        let n = col(ColumnType::Numeric { precision: None, scale: None }, "numeric");
+        for s in ["-Infinity", "NaN", "123456789012345678901234567890123456789012345678901234567890.5"] {
+            let v = Value::Decimal(s.into());
+            assert_eq!(convert(&v, &n, Engine::Postgres, &target("LONGTEXT")).unwrap(), Bind::Text(Cow::Borrowed(s)));
+        }
+        let tz = col(ColumnType::TimestampTz, "timestamp with time zone");
+        let v = Value::TimestampTz("2024-02-29 12:34:56.5+02".into());
+        assert_eq!(
+            convert(&v, &tz, Engine::Postgres, &target("VARCHAR(48)")).unwrap(),
+            Bind::Text(Cow::Owned("2024-02-29 10:34:56.500000".into()))
+        );
+        let v = Value::TimestampTz("12345-01-01 00:00:00+00".into());
+        assert_eq!(
+            convert(&v, &tz, Engine::Postgres, &target("VARCHAR(48)")).unwrap(),
+            Bind::Text(Cow::Borrowed("12345-01-01 00:00:00+00"))
+        );
+        let d = col(ColumnType::Date, "date");
+        assert_eq!(
+            convert(&Value::Date("infinity".into()), &d, Engine::Postgres, &text).unwrap(),
+            Bind::Text(Cow::Borrowed("infinity"))
+        );
         let t = col(ColumnType::Time, "time");
         assert_eq!(
             convert(&Value::Time("24:00:00".into()), &t, Engine::Postgres, &target("TIME(6)")).unwrap(),

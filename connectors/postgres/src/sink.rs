@@ -642,13 +642,13 @@ async fn apply_rows<C: GenericClient + Sync>(
             unnest_from(&all)
         );
         let st = statement(tx, state, sql).await?;
-        let arrays = column_arrays(rows, &all);
+        let arrays = column_arrays(rows, &all, &casts);
         return execute_arrays(tx, &st, &arrays).await.map_err(|e| e.context(format_args!("deleting from {target}")));
     }
     if kind == RowKind::Delete {
         let sql = format!("DELETE FROM {table} AS t USING {} WHERE {}", unnest_from(&schema.key), key_match("t"));
         let st = statement(tx, state, sql).await?;
-        let arrays = column_arrays(rows, &schema.key);
+        let arrays = column_arrays(rows, &schema.key, &casts);
         return execute_arrays(tx, &st, &arrays).await.map_err(|e| e.context(format_args!("deleting from {target}")));
     }
     let mut written = 0;
@@ -664,7 +664,7 @@ async fn apply_rows<C: GenericClient + Sync>(
             upsert_conflict_clause(schema),
         );
         let st = statement(tx, state, sql).await?;
-        let arrays = column_arrays(full.iter().copied(), &all);
+        let arrays = column_arrays(full.iter().copied(), &all, &casts);
         written +=
             execute_arrays(tx, &st, &arrays).await.map_err(|e| e.context(format_args!("upserting into {target}")))?;
     }
@@ -691,7 +691,7 @@ async fn apply_rows<C: GenericClient + Sync>(
             key_match("t"),
         );
         let st = statement(tx, state, sql).await?;
-        let arrays = column_arrays(group.iter().copied(), &used);
+        let arrays = column_arrays(group.iter().copied(), &used, &casts);
         written += execute_arrays(tx, &st, &arrays).await.map_err(|e| e.context(format_args!("updating {target}")))?;
     }
     Ok(written)
@@ -742,8 +742,8 @@ async fn apply_moves<C: GenericClient + Sync>(
             upsert_conflict_clause(schema),
         );
         let st = statement(tx, state, sql).await?;
-        let mut arrays = column_arrays(group.iter().map(|m| &m.from), &schema.key);
-        arrays.extend(column_arrays(group.iter().map(|m| &m.row), &sent));
+        let mut arrays = column_arrays(group.iter().map(|m| &m.from), &schema.key, &casts);
+        arrays.extend(column_arrays(group.iter().map(|m| &m.row), &sent, &casts));
         written += execute_arrays(tx, &st, &arrays)
             .await
             .map_err(|e| e.context(format_args!("moving rows to new keys in {target}")))?;
@@ -798,14 +798,40 @@ fn unnest_named(names: &[String]) -> String {
     )
 }
 
-fn column_arrays<'a>(rows: impl IntoIterator<Item = &'a Vec<Value>>, columns: &[usize]) -> Vec<Vec<Option<String>>> {
+/// Each listed column's values as Postgres text input; `casts` are the target column
+/// types by column index (see [`pg_input_text`]).
+fn column_arrays<'a>(
+    rows: impl IntoIterator<Item = &'a Vec<Value>>,
+    columns: &[usize],
+    casts: &[String],
+) -> Vec<Vec<Option<String>>> {
     let mut arrays: Vec<Vec<Option<String>>> = vec![Vec::new(); columns.len()];
     for row in rows {
         for (array, &i) in arrays.iter_mut().zip(columns) {
-            array.push(row.get(i).and_then(Value::to_pg_text));
+            array.push(row.get(i).and_then(|v| pg_input_text(v, casts.get(i).map(String::as_str))));
         }
     }
     arrays
+}
+
+/// A value's text for a target column of type `cast`. A MySQL zero date or datetime
+/// (`0000-00-00`, `0000-00-00 00:00:00[.000000]`) has no Postgres equivalent: into a date
+/// or timestamp column it becomes `-infinity`, which no MySQL value otherwise produces and
+/// which sorts before every date as the zero date does in MySQL. Into any other column
+/// (text, say) it stays as it is.
+pub(crate) fn pg_input_text(value: &Value, cast: Option<&str>) -> Option<String> {
+    if let (Value::Date(s) | Value::Timestamp(s) | Value::TimestampTz(s), Some(cast)) = (value, cast) {
+        let temporal = matches!(cast, "date" | "timestamp without time zone" | "timestamp with time zone");
+        if temporal && is_zero_datetime(s) {
+            return Some("-infinity".into());
+        }
+    }
+    value.to_pg_text()
+}
+
+/// `0000-00-00` followed by nothing but a zero time (and zone) part.
+fn is_zero_datetime(s: &str) -> bool {
+    s.strip_prefix("0000-00-00").is_some_and(|rest| !rest.bytes().any(|b| (b'1'..=b'9').contains(&b)))
 }
 
 async fn execute_arrays<C: GenericClient + Sync>(
@@ -1045,7 +1071,8 @@ fn target_type(schema: &TableSchema, column: &tidewater_core::Column) -> String 
         ColumnType::Json | ColumnType::Jsonb | ColumnType::Array => "jsonb".into(),
         ColumnType::Uuid => "uuid".into(),
         ColumnType::Date => "date".into(),
-        ColumnType::Time => "time".into(),
+        // MySQL TIME spans −838:59:59 … 838:59:59 (a duration more than a time of day).
+        ColumnType::Time => "interval".into(),
         ColumnType::TimeTz => "timetz".into(),
         ColumnType::Timestamp => "timestamp".into(),
         ColumnType::TimestampTz => "timestamptz".into(),
