@@ -61,9 +61,12 @@ pub fn mysql_type(schema: &TableSchema, column: &Column, key: bool) -> String {
         // infinities, BC or 5-digit years) then go to the dead-letter table.
         // float4/float8: shortest round-trip text, `NaN`, `Infinity`, `-Infinity`.
         ColumnType::Float32 | ColumnType::Float64 => format!("VARCHAR({FLOAT_TEXT_CHARS})"),
-        // numeric(p,s): sign, p digits and a point (or `NaN`); unconstrained numeric holds up
-        // to 131072 digits (and ±Infinity): LONGTEXT.
-        ColumnType::Numeric { precision: Some(p), .. } if *p + 2 <= MAX_KEY_CHARS => format!("VARCHAR({})", p + 2),
+        // numeric(p,s): sign, leading zero, point and max(p,s) digits (`-0.123` for
+        // numeric(3,3), `NaN`); unconstrained numeric holds up to 131072 digits (and
+        // ±Infinity): LONGTEXT.
+        ColumnType::Numeric { precision: Some(p), scale } if numeric_text_chars(*p, *scale) <= MAX_KEY_CHARS => {
+            format!("VARCHAR({})", numeric_text_chars(*p, *scale))
+        }
         ColumnType::Numeric { .. } if key => key_text(None),
         ColumnType::Numeric { .. } => "LONGTEXT".into(),
         ColumnType::Text | ColumnType::Varchar(None) | ColumnType::Char(None) if key => key_text(None),
@@ -82,7 +85,7 @@ pub fn mysql_type(schema: &TableSchema, column: &Column, key: bool) -> String {
         ColumnType::Json | ColumnType::Jsonb => "JSON".into(),
         ColumnType::Uuid => "CHAR(36)".into(), // canonical lowercase text
         // date/timestamp/timestamptz: the source's ISO text (`2024-02-29`, `infinity`,
-        // `0044-03-15 BC`, `12345-01-01`); timestamptz with its offset as the source sent it.
+        // `0044-03-15 BC`, `12345-01-01`); timestamptz in UTC where DATETIME could hold it.
         ColumnType::Date => format!("VARCHAR({DATE_TEXT_CHARS})"),
         ColumnType::Time => "TIME(6)".into(), // 00:00:00 … 24:00:00 fits TIME's ±838 h
         ColumnType::TimeTz => "VARCHAR(32)".into(), // text with its offset, e.g. 12:00:00+05:30
@@ -96,6 +99,12 @@ pub fn mysql_type(schema: &TableSchema, column: &Column, key: bool) -> String {
         ColumnType::Other if key => key_text(None),
         ColumnType::Other => "LONGTEXT".into(), // inet, ranges, money, xml, ...: source text
     }
+}
+
+/// The longest text of a numeric(p,s) value. A negative scale (Postgres 15) decodes as a
+/// large one here and so ends up beyond any VARCHAR a key can have: LONGTEXT.
+fn numeric_text_chars(precision: u32, scale: Option<u32>) -> u32 {
+    precision.max(scale.unwrap_or(0)).saturating_add(3)
 }
 
 /// A MySQL source's declared type when it is a plain built-in type (no ENUM/SET labels,
@@ -300,8 +309,10 @@ pub fn convert<'a>(
         Value::UInt(u) => Bind::UInt(*u),
         Value::Float(f) if target.is_text() => Bind::Text(Cow::Owned(float_text(*f))),
         Value::Decimal(s) if target.is_text() => Bind::Text(Cow::Borrowed(s)),
+        // In UTC as a DATETIME(6) column would hold it; outside DATETIME's range
+        // (infinity, BC, other years) as the source wrote it.
         Value::TimestampTz(s) if target.is_text() => {
-            Bind::Text(utc_text(s).map_or(Cow::Borrowed(s.as_str()), Cow::Owned))
+            Bind::Text(convert_datetime(s, true, engine, &DATETIME6).unwrap_or(Cow::Borrowed(s.as_str())))
         }
         Value::Float(f) => {
             if f.is_finite() {
@@ -333,6 +344,10 @@ pub fn convert<'a>(
     })
 }
 
+/// The column a timestamp with zone is converted for when it goes into a text column.
+static DATETIME6: std::sync::LazyLock<TargetColumn> =
+    std::sync::LazyLock::new(|| TargetColumn::declared("", "DATETIME(6)"));
+
 /// A float as the shortest text that reads back as the same value, integral values
 /// without `.0` as Postgres writes them (`5`, `0.1`, `-1.5e300`, `NaN`, `-Infinity`).
 fn float_text(f: f64) -> String {
@@ -341,18 +356,6 @@ fn float_text(f: f64) -> String {
         Some(integral) => integral.to_string(),
         None => text,
     }
-}
-
-/// A timestamp with zone as UTC text (`2024-02-29 10:34:56.123456`, what a DATETIME(6)
-/// column would show); `None` for text that is no such timestamp or has a year outside
-/// 1–9999 (`infinity`, BC, 5-digit years), which is then kept as the source sent it.
-fn utc_text(s: &str) -> Option<String> {
-    use chrono::{DateTime, Datelike, Utc};
-    let parsed = DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z")
-        .or_else(|_| DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%#z"))
-        .ok()?
-        .with_timezone(&Utc);
-    (1..=9999).contains(&parsed.year()).then(|| parsed.format("%Y-%m-%d %H:%M:%S%.6f").to_string())
 }
 
 /// Builds a value from the text a schema carries for existing rows of an added column
@@ -877,10 +880,11 @@ mod tests {
         let t = |kind: ColumnType, key: bool| mysql_type(&s, &col(kind, "x"), key);
         assert_eq!(t(ColumnType::Bool, false), "BOOLEAN");
         assert_eq!(t(ColumnType::Int32, false), "INT");
-        assert_eq!(t(ColumnType::Numeric { precision: Some(10), scale: Some(2) }, false), "VARCHAR(12)");
+        assert_eq!(t(ColumnType::Numeric { precision: Some(10), scale: Some(2) }, false), "VARCHAR(13)");
+        assert_eq!(t(ColumnType::Numeric { precision: Some(3), scale: Some(3) }, false), "VARCHAR(6)");
         assert_eq!(t(ColumnType::Numeric { precision: None, scale: None }, false), "LONGTEXT");
         assert_eq!(t(ColumnType::Numeric { precision: None, scale: None }, true), "VARCHAR(255)");
-        assert_eq!(t(ColumnType::Numeric { precision: Some(80), scale: Some(2) }, false), "VARCHAR(82)");
+        assert_eq!(t(ColumnType::Numeric { precision: Some(80), scale: Some(2) }, false), "VARCHAR(83)");
         assert_eq!(t(ColumnType::Float64, false), "VARCHAR(32)");
         assert_eq!(t(ColumnType::Date, true), "VARCHAR(32)");
         assert_eq!(t(ColumnType::Text, false), "LONGTEXT");
@@ -1047,7 +1051,7 @@ mod tests {
         let v = Value::TimestampTz("2024-02-29 12:34:56.5+02".into());
         assert_eq!(
             convert(&v, &tz, Engine::Postgres, &target("VARCHAR(48)")).unwrap(),
-            Bind::Text(Cow::Owned("2024-02-29 10:34:56.500000".into()))
+            Bind::Text(Cow::Owned("2024-02-29 10:34:56.5".into()))
         );
         let v = Value::TimestampTz("12345-01-01 00:00:00+00".into());
         assert_eq!(
