@@ -4,6 +4,7 @@ mod dlq_targets;
 mod mysql_e2e;
 mod mysql_hub;
 mod mysql_source;
+mod mysql_tables;
 mod mysql_target;
 mod mysql_tls;
 mod ops;

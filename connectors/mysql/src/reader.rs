@@ -133,6 +133,7 @@ impl ReaderSetup {
                 tables,
                 stale: HashSet::new(),
                 published,
+                patterns: self.cfg.tables.iter().map(|p| TableId::parse(p, &self.cfg.endpoint.database)).collect(),
             },
             start_state: start.gtid.clone().unwrap_or_default(),
             state: start.gtid.clone().unwrap_or_default(),
@@ -506,6 +507,20 @@ impl<E: Emit> Reader<E> {
                  or MIXED): its rows cannot be replicated; make every session use binlog_format = ROW, then {RESNAPSHOT}"
             )));
         }
+        if matches!(stmt.keyword.as_str(), "CREATE" | "RENAME" | "ALTER") {
+            if let Some(id) = self.catalog.new_table(&stmt.mentioned).await? {
+                // Before this statement's transaction is handed on: the pipeline's position
+                // stays before it, and the run that starts again tracks the table from its
+                // first row (copying what it holds by then).
+                tracing::info!(source = %self.source_name, position = %self.here(), table = %id, "table created under the source's tables patterns");
+                return Err(ConnectorError::restart(format!(
+                    "source {}: table {id} was created at binlog position {}; starting again to replicate it",
+                    self.source_name,
+                    self.here()
+                )));
+            }
+        }
+        let tracked = |id: &TableId| self.catalog.tables.contains_key(id);
         let touched: Vec<TableId> = stmt.mentioned.iter().filter(|t| tracked(t)).cloned().collect();
         if !touched.is_empty() {
             tracing::info!(source = %self.source_name, position = %self.here(), statement = %sql, "DDL on replicated tables");

@@ -130,12 +130,19 @@ async fn read_position(conn: &mut Conn, q: PositionQuery) -> Result<(String, u64
     }
 }
 
-/// Opens a plain consistent read (backfill of tables added later).
-pub async fn open_backfill(conn: &mut Conn) -> Result<(), ConnectorError> {
+/// Opens a plain consistent read (backfill of tables added later). Returns its binlog
+/// position where the server tells it without a lock (MariaDB), `None` otherwise.
+pub async fn open_backfill(conn: &mut Conn, info: &ServerInfo) -> Result<Option<BinlogPosition>, ConnectorError> {
     for sql in backfill_plan() {
         run(conn, sql).await?;
     }
-    Ok(())
+    match info.flavour {
+        Flavour::MariaDb => {
+            let (file, pos) = read_position(conn, PositionQuery::SnapshotStatus).await?;
+            Ok(Some(BinlogPosition::new(file, pos, None)))
+        }
+        Flavour::MySql => Ok(None),
+    }
 }
 
 /// Streams one table out of the open snapshot in chunks of `chunk_rows`.

@@ -79,6 +79,11 @@ pub struct MysqlSource {
     /// The pipeline this source reads for (messages, the shared reader's roster).
     pipeline: String,
     buffer_bytes: usize,
+    /// The position of the last backfill's consistent read (MariaDB).
+    backfill_position: Option<String>,
+    /// Tables copied by a backfill, with its position: the stream leaves out their
+    /// changes in transactions the copy holds.
+    table_starts: HashMap<TableId, BinlogPosition>,
 }
 
 impl MysqlSource {
@@ -93,6 +98,8 @@ impl MysqlSource {
             tables: Vec::new(),
             snapshot: None,
             buffer_bytes: crate::hub::DEFAULT_BUFFER_BYTES,
+            backfill_position: None,
+            table_starts: HashMap::new(),
         }
     }
 
@@ -283,10 +290,20 @@ impl Source for MysqlSource {
 
     async fn begin_backfill(&mut self) -> Result<(), ConnectorError> {
         self.snapshot = None;
+        let info = self.info().await?;
         let mut conn = connect(&self.cfg.endpoint, &self.tls, &self.cfg.source_name).await?;
-        crate::snapshot::open_backfill(&mut conn).await?;
+        self.backfill_position = crate::snapshot::open_backfill(&mut conn, &info).await?.map(|p| p.to_string());
         self.snapshot = Some(conn);
         Ok(())
+    }
+
+    fn backfill_position(&self) -> Option<String> {
+        self.backfill_position.clone()
+    }
+
+    fn set_table_starts(&mut self, starts: HashMap<TableId, String>) {
+        self.table_starts =
+            starts.into_iter().filter_map(|(t, p)| BinlogPosition::parse(&p).ok().map(|p| (t, p))).collect();
     }
 
     async fn estimate_rows(&mut self, table: &TableSchema) -> Option<u64> {
@@ -341,7 +358,7 @@ impl Source for MysqlSource {
         let subscription = crate::hub::subscribe(&setup, &start);
         let poll_conn = connect(&self.cfg.endpoint, &self.tls, &name).await?;
         tracing::info!(source = %name, pipeline = %self.pipeline, position = %start, "binlog streaming started");
-        let follower = subscription.follow(start.clone(), out, progress.clone());
+        let follower = subscription.follow(start.clone(), out, progress.clone(), self.table_starts.clone());
         let poller = poll_lag(poll_conn, info, acks, start, progress);
         let task = tokio::spawn(async move { tokio::try_join!(follower, poller).map(|_| ()) });
         Ok(StreamHandle { task })

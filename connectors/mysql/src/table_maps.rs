@@ -12,7 +12,7 @@ use crate::binlog_events::TableMapInfo;
 use crate::catalog::{load_table, CatalogColumn, CatalogTable};
 use crate::decode::{ColumnDecoder, ValueKind};
 use crate::sink::MysqlEndpoint;
-use crate::source_conn::{connect, Flavour};
+use crate::source_conn::{connect, exec_rows, Flavour};
 use crate::tls::MysqlTls;
 
 /// The catalog as the reader sees it: loaded at start, refreshed after DDL.
@@ -27,6 +27,8 @@ pub(crate) struct Catalog {
     pub(crate) stale: HashSet<TableId>,
     /// The schema last handed on per table (reused while unchanged).
     pub(crate) published: HashMap<TableId, Arc<TableSchema>>,
+    /// The source section's `tables` patterns (`name` `*` for every table of a database).
+    pub(crate) patterns: Vec<TableId>,
 }
 
 impl Catalog {
@@ -46,6 +48,31 @@ impl Catalog {
         Ok(())
     }
 
+    /// The first of `names` (from a CREATE, RENAME or ALTER statement) that is a base
+    /// table now, matches the section's `tables` patterns and is not tracked: a table
+    /// created or renamed into the wildcard since the reader started.
+    pub(crate) async fn new_table(&mut self, names: &[TableId]) -> Result<Option<TableId>, ConnectorError> {
+        let matches =
+            |id: &TableId| self.patterns.iter().any(|p| p.schema == id.schema && (p.name == "*" || p.name == id.name));
+        let mut candidates: Vec<TableId> =
+            names.iter().filter(|id| !self.tables.contains_key(id) && matches(id)).cloned().collect();
+        candidates.dedup();
+        for id in candidates {
+            let found = match exists(&mut self.conn, &id).await {
+                Ok(found) => found,
+                Err(e) if !e.is_fatal() => {
+                    self.conn = connect(&self.endpoint, &self.tls, &self.source_name).await?;
+                    exists(&mut self.conn, &id).await?
+                }
+                Err(e) => return Err(e),
+            };
+            if found {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+
     /// `schema`, or the equal one handed on before.
     pub(crate) fn publish(&mut self, schema: TableSchema, at: &str) -> Arc<TableSchema> {
         match self.published.get(&schema.id) {
@@ -60,6 +87,22 @@ impl Catalog {
             }
         }
     }
+}
+
+/// Whether `id` is a base table (by its exact name, as `resolve_tables` lists it).
+async fn exists(conn: &mut Conn, id: &TableId) -> Result<bool, ConnectorError> {
+    let rows = exec_rows(
+        conn,
+        "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES \
+         WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+        (id.schema.as_str(), id.name.as_str()),
+        "looking up a table created on the source",
+    )
+    .await?;
+    Ok(rows.iter().any(|r| {
+        r.get_opt::<String, usize>(0).and_then(Result::ok).as_deref() == Some(id.schema.as_str())
+            && r.get_opt::<String, usize>(1).and_then(Result::ok).as_deref() == Some(id.name.as_str())
+    }))
 }
 
 /// A tracked table as one table map describes it.

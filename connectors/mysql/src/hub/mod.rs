@@ -39,6 +39,14 @@
 //! retry. A pipeline that brings tables the hub does not track (a table created since
 //! the hub started) restarts every pipeline of the source on the new set of tables.
 //!
+//! # Tables created while streaming
+//! A reader that meets a `CREATE`/`RENAME`/`ALTER` statement naming a table that now
+//! exists, matches the section's `tables` patterns and is not tracked fails with a
+//! restart error before handing that transaction on: every pipeline starts again from its
+//! checkpoint (before the statement), its source lists the new table, the engine copies it
+//! (a backfill; on MariaDB at an exact binlog position) and each pipeline's
+//! [`PipelineOut`] leaves out the table's changes that the copy already holds.
+//!
 //! Logs say when a pipeline attaches, falls behind and catches up, and `/metrics` shows
 //! `tidewater_source_reader{mode="attached"|"catching_up"}` per pipeline.
 
@@ -187,11 +195,17 @@ impl Subscription {
         start: BinlogPosition,
         out: SourceSender,
         progress: Arc<SourceProgress>,
+        table_starts: HashMap<TableId, BinlogPosition>,
     ) -> Result<(), ConnectorError> {
         let all_tables = self.setup.tables.len() == self.hub.tables.len();
         let filter = (!all_tables).then(|| self.setup.tables.iter().map(|t| t.id.clone()).collect());
         let mut follower = Follower {
-            out: PipelineOut { out, budget: Arc::new(Semaphore::new(TX_PARTS_IN_FLIGHT)), delivered: start },
+            out: PipelineOut {
+                out,
+                budget: Arc::new(Semaphore::new(TX_PARTS_IN_FLIGHT)),
+                delivered: start,
+                starts: Arc::new(table_starts),
+            },
             sub: self,
             progress,
             filter,
@@ -208,6 +222,9 @@ struct PipelineOut {
     budget: Arc<Semaphore>,
     /// The position of the last transaction or idle position handed on.
     delivered: BinlogPosition,
+    /// Tables copied by a backfill at a position: their changes in transactions that
+    /// position holds are left out (the copy has them).
+    starts: Arc<HashMap<TableId, BinlogPosition>>,
 }
 
 impl PipelineOut {
@@ -217,18 +234,37 @@ impl PipelineOut {
         start: &BinlogPosition,
         commit_time: std::time::SystemTime,
     ) -> bool {
+        // A transaction starting before a copy's position ends at or before it.
+        let events = self.after_copies(events, |copied| start.cmp_file_pos(copied) == std::cmp::Ordering::Less);
+        if events.is_empty() {
+            return true;
+        }
         // Waiting for budget is the backpressure that keeps memory bounded.
         let budget = self.budget.clone().acquire_owned().await.ok();
         let part = TransactionPart { events, position: start.to_string(), commit_time, budget };
         self.out.send(SourceItem::TransactionPart(part)).await.is_ok()
     }
 
-    async fn commit(&mut self, tx: Transaction, end: &BinlogPosition) -> bool {
+    async fn commit(&mut self, mut tx: Transaction, end: &BinlogPosition) -> bool {
+        tx.events = self.after_copies(tx.events, |copied| end.cmp_file_pos(copied) != std::cmp::Ordering::Greater);
         if self.out.send(SourceItem::Transaction(tx)).await.is_err() {
             return false;
         }
         self.delivered = end.clone();
         true
+    }
+
+    /// `events` without those of tables whose copy holds this transaction (`held`
+    /// tells, given the copy's position).
+    fn after_copies(
+        &self,
+        events: Vec<tidewater_core::ChangeEvent>,
+        held: impl Fn(&BinlogPosition) -> bool,
+    ) -> Vec<tidewater_core::ChangeEvent> {
+        if self.starts.is_empty() {
+            return events;
+        }
+        events.into_iter().filter(|e| !self.starts.get(&e.table.id).is_some_and(&held)).collect()
     }
 
     fn heartbeat(&mut self, at: &BinlogPosition) -> bool {
@@ -457,7 +493,12 @@ mod tests {
 
     fn out(delivered: &str) -> PipelineOut {
         let (out, _rx) = tidewater_core::queue::source_queue(1);
-        PipelineOut { out, budget: Arc::new(Semaphore::new(1)), delivered: BinlogPosition::parse(delivered).unwrap() }
+        PipelineOut {
+            out,
+            budget: Arc::new(Semaphore::new(1)),
+            delivered: BinlogPosition::parse(delivered).unwrap(),
+            starts: Arc::new(HashMap::new()),
+        }
     }
 
     fn at(text: &str) -> BinlogPosition {
