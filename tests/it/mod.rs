@@ -3,6 +3,7 @@ mod deps;
 mod dlq_targets;
 mod mysql_e2e;
 mod mysql_hub;
+mod mysql_schema_changes;
 mod mysql_source;
 mod mysql_tables;
 mod mysql_target;

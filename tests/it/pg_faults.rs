@@ -98,7 +98,7 @@ async fn poison_row_goes_to_dead_letters_and_stream_goes_on() {
     daemon.stop().await;
 }
 
-fn run_cli(args: &[&str], config: &std::path::Path) -> (bool, String) {
+pub(crate) fn run_cli(args: &[&str], config: &std::path::Path) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tidewater")).args(args).arg(config).output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)

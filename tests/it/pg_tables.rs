@@ -166,6 +166,16 @@ async fn keyless_table_keeps_duplicates_and_changes_exactly_one_of_equal_rows() 
     assert_eq!(rows.iter().filter(|r| r.starts_with("(30,w,")).count(), 2, "{rows:?}");
     assert_eq!(rows.len(), 7, "{rows:?}");
     daemon.stop().await;
+    // `verify` compares a keyless table as a multiset: equal, then one duplicate short.
+    let (ok, text) = crate::it::pg_faults::run_cli(&["verify", "--config"], &p.config_path());
+    assert!(ok && text.contains("7 rows match"), "{text}");
+    p.target_client()
+        .await
+        .batch_execute("DELETE FROM k WHERE ctid = (SELECT ctid FROM k WHERE a = 30 LIMIT 1)")
+        .await
+        .unwrap();
+    let (ok, text) = crate::it::pg_faults::run_cli(&["verify", "--config"], &p.config_path());
+    assert!(!ok && text.contains("[DIFF]") && text.contains("target 6 rows"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,12 +18,16 @@ const SETUP: &str = "CREATE TABLE t (id int PRIMARY KEY, a text NOT NULL, b int,
 
 /// The target table's column names and types (Postgres target), in order.
 async fn pg_columns(p: &TestPipeline) -> Vec<(String, String)> {
-    p.target_client()
-        .await
+    pg_table_columns(&p.target_client().await, "public.t").await
+}
+
+/// The column names and types of `table` (a Postgres table), in order.
+pub(crate) async fn pg_table_columns(client: &tokio_postgres::Client, table: &str) -> Vec<(String, String)> {
+    client
         .query(
             "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute \
-             WHERE attrelid = 'public.t'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            &[],
+             WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            &[&table],
         )
         .await
         .unwrap()

@@ -31,18 +31,39 @@ pub struct CompareSql {
 
 /// The comparison of `scratch` (source rows) with `target`, both already quoted and
 /// qualified, over `schema`'s columns.
+///
+/// A table without a key is compared as a multiset: in both tables each row gets its
+/// number among the rows equal to it (`row_number()` over all columns), and the rows are
+/// matched on every column (NULL-safe) plus that number, so a duplicate missing on one side
+/// counts as missing (or extra) and nothing counts as "different".
 pub fn compare_sql(d: &CompareDialect, schema: &TableSchema, scratch: &str, target: &str, n: usize) -> CompareSql {
     let col = |alias: &str, i: usize| format!("{alias}.{}", (d.quote_ident)(&schema.columns[i].name));
-    let join =
-        schema.key.iter().map(|&i| format!("{} = {}", col("s", i), col("t", i))).collect::<Vec<_>>().join(" AND ");
-    let differs =
-        (0..schema.columns.len()).map(|i| (d.differs)(&col("s", i), &col("t", i))).collect::<Vec<_>>().join(" OR ");
-    let key = |alias: &str| (d.key_json)(&schema.key.iter().map(|&i| col(alias, i)).collect::<Vec<_>>());
-    // After the LEFT JOIN a key column of `t` is NULL only when no target row matched:
-    // key columns of a real row are never NULL.
-    let absent = format!("{} IS NULL", col("t", schema.key.first().copied().unwrap_or(0)));
-    let paired = format!("{scratch} s LEFT JOIN {target} t ON {join}");
-    let unpaired = format!("{target} t WHERE NOT EXISTS (SELECT 1 FROM {scratch} s WHERE {join})");
+    let every: Vec<usize> = (0..schema.columns.len()).collect();
+    let keyless = schema.key.is_empty();
+    let key_idx: &[usize] = if keyless { &every } else { &schema.key };
+    let differs = every.iter().map(|&i| (d.differs)(&col("s", i), &col("t", i))).collect::<Vec<_>>().join(" OR ");
+    let (from_scratch, from_target, join, absent) = if keyless {
+        let all = every.iter().map(|&i| col("x", i)).collect::<Vec<_>>().join(", ");
+        let numbered = |table: &str| {
+            format!("(SELECT x.*, row_number() OVER (PARTITION BY {all} ORDER BY {all}) AS tw_dup FROM {table} x)")
+        };
+        (
+            numbered(scratch),
+            numbered(target),
+            format!("s.tw_dup = t.tw_dup AND NOT ({differs})"),
+            "t.tw_dup IS NULL".into(),
+        )
+    } else {
+        let join =
+            key_idx.iter().map(|&i| format!("{} = {}", col("s", i), col("t", i))).collect::<Vec<_>>().join(" AND ");
+        // After the LEFT JOIN a key column of `t` is NULL only when no target row matched:
+        // key columns of a real row are never NULL.
+        let absent = format!("{} IS NULL", col("t", key_idx[0]));
+        (scratch.to_string(), target.to_string(), join, absent)
+    };
+    let key = |alias: &str| (d.key_json)(&key_idx.iter().map(|&i| col(alias, i)).collect::<Vec<_>>());
+    let paired = format!("{from_scratch} s LEFT JOIN {from_target} t ON {join}");
+    let unpaired = format!("{from_target} t WHERE NOT EXISTS (SELECT 1 FROM {from_scratch} s WHERE {join})");
     let changed = format!("NOT ({absent}) AND ({differs})");
     let counts = format!(
         "SELECT (SELECT count(*) FROM {target}), {}, {}, (SELECT count(*) FROM {unpaired}) FROM {paired}",

@@ -124,7 +124,7 @@ pub(crate) enum Mapping {
 /// skipped, columns added since are absent), else by position, which needs the same
 /// column count. Types must agree. Any mismatch is an error, never a guess.
 pub(crate) fn map_table(info: &TableMapInfo, cat: &CatalogTable) -> Result<Matched, String> {
-    let mut columns: Vec<&CatalogColumn> = Vec::with_capacity(info.layouts.len());
+    let mut columns: Vec<std::borrow::Cow<'_, CatalogColumn>> = Vec::with_capacity(info.layouts.len());
     let mut decoders = Vec::with_capacity(info.layouts.len());
     let mut keep = Vec::with_capacity(info.layouts.len());
     if info.names.is_none() && info.layouts.len() != cat.columns.len() {
@@ -149,12 +149,22 @@ pub(crate) fn map_table(info: &TableMapInfo, cat: &CatalogTable) -> Result<Match
             _ => None,
         };
         let found = match &info.names {
-            Some(names) => cat.column(&names[i]),
-            None => cat.columns.get(i),
+            Some(names) => match cat.column(&names[i]) {
+                Some(c) => Some(std::borrow::Cow::Borrowed(c)),
+                None => renamed_since(cat, names, i, layout).map(std::borrow::Cow::Owned),
+            },
+            None => cat.columns.get(i).map(std::borrow::Cow::Borrowed),
         };
         let Some(c) = found else {
             decoders.push(ColumnDecoder { layout: *layout, kind: ValueKind::Ignored });
             keep.push(None);
+            // A column dropped since stays in this row's shape, in its place (as NULL: its
+            // value is not decodable without the catalog), so that a target follows the
+            // drop at the row logged after it, also when this row is the first one a
+            // restarted pipeline sees.
+            if let Some(names) = &info.names {
+                columns.push(std::borrow::Cow::Owned(dropped_since(names[i].clone())));
+            }
             continue;
         };
         let kind = match (&c.kind, labels) {
@@ -183,11 +193,12 @@ pub(crate) fn map_table(info: &TableMapInfo, cat: &CatalogTable) -> Result<Match
             .ok_or_else(|| format!("key column {name} is not in the binlog row"))?;
         key.push(i);
     }
-    let identity = keep.iter().enumerate().all(|(i, k)| *k == Some(i));
+    let identity = keep.iter().enumerate().all(|(i, k)| *k == Some(i)) && keep.len() == columns.len();
     // ENUM labels from the table map (what the row was written with) go into the native
     // type, so the schema says which labels a target column needs.
     let mut core_columns: Vec<tidewater_core::Column> = columns.iter().map(|c| c.column.clone()).collect();
-    for (col, dec) in core_columns.iter_mut().zip(decoders.iter().filter(|d| d.kind != ValueKind::Ignored)) {
+    for (dec, j) in decoders.iter().zip(&keep) {
+        let Some(col) = j.and_then(|j| core_columns.get_mut(j)) else { continue };
         if let ValueKind::Enum(labels) | ValueKind::Set(labels) = &dec.kind {
             let kind = if matches!(dec.kind, ValueKind::Enum(_)) { "enum" } else { "set" };
             let quoted: Vec<String> = labels.iter().map(|l| format!("'{}'", l.replace('\'', "''"))).collect();
@@ -205,6 +216,41 @@ pub(crate) fn map_table(info: &TableMapInfo, cat: &CatalogTable) -> Result<Match
         enum_labels: Vec::new(),
     };
     Ok((schema, decoders, (!identity).then_some(keep)))
+}
+
+/// A row logged under an older shape of the table (replayed after a restart): its column
+/// `i`, named `names[i]`, is not in the catalog, but the catalog's column at that place is
+/// not in the row and has a type the row's layout fits: the column was renamed since (or
+/// dropped and another added there). The catalog's column under the logged name, so that
+/// the target sees the shapes in their order (a drop, then the rename, then an add) and
+/// keeps the column's values; a column with no such counterpart is left out (dropped since).
+fn renamed_since(
+    cat: &CatalogTable,
+    names: &[String],
+    i: usize,
+    layout: &crate::decode::Layout,
+) -> Option<CatalogColumn> {
+    let now = cat.columns.get(i)?;
+    if names.contains(&now.column.name) || !layout.fits(&now.kind) {
+        return None;
+    }
+    let mut then = now.clone();
+    then.column.name = names[i].clone();
+    Some(then)
+}
+
+/// A placeholder for a column the catalog no longer has: nullable text.
+fn dropped_since(name: String) -> CatalogColumn {
+    let raw = crate::catalog::RawColumn {
+        name,
+        data_type: "longtext".into(),
+        column_type: "longtext".into(),
+        nullable: true,
+        charset: Some("utf8mb4".into()),
+        ..crate::catalog::RawColumn::default()
+    };
+    #[allow(clippy::expect_used)]
+    crate::catalog::map_column(&raw, Flavour::MariaDb, false).expect("longtext maps")
 }
 
 /// A table map matched against the catalog: the schema, the decoders, the column mapping.
@@ -288,9 +334,22 @@ mod tests {
             &cat,
         )
         .unwrap();
-        assert_eq!(schema.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), vec!["id", "v"]);
+        // The dropped column keeps its place in the row's shape, as NULL.
+        assert_eq!(schema.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), vec!["id", "gone", "v"]);
+        assert!(schema.columns[1].nullable);
         assert_eq!(dec[1].kind, ValueKind::Ignored);
-        assert_eq!(keep, Some(vec![Some(0), None, Some(1)]));
+        assert_eq!(keep, Some(vec![Some(0), None, Some(2)]));
+        // Renamed since: the catalog's column in that place, under the logged name.
+        let (schema, dec, keep) =
+            map_table(&tmi(vec![Layout::Long, Layout::Str { len_bytes: 1 }], Some(vec!["id", "old"])), &cat).unwrap();
+        assert_eq!(schema.columns[1].name, "old");
+        assert_eq!(schema.columns[1].native_type, cat.columns[1].column.native_type);
+        assert_eq!(dec[1].kind, ValueKind::Text(Charset::Utf8));
+        assert!(keep.is_none());
+        // ... but not when the types differ: then it was dropped (and another added).
+        let (schema, _, _) =
+            map_table(&tmi(vec![Layout::Long, Layout::Double], Some(vec!["id", "old"])), &cat).unwrap();
+        assert_eq!(schema.columns[1].native_type, "longtext");
         // The key must be in the row.
         let err = map_table(&tmi(vec![Layout::Str { len_bytes: 1 }], Some(vec!["v"])), &cat).unwrap_err();
         assert!(err.contains("key column id"), "{err}");

@@ -350,12 +350,12 @@ impl Sink for PgSink {
         let key = schema.key.iter().map(|&i| quote_ident(&schema.columns[i].name)).collect::<Vec<_>>();
         // LIKE copies columns, types and NOT NULL only: no CHECK, foreign key or other
         // constraint of the target rejects a source row here.
-        let sql = format!(
-            "CREATE UNLOGGED TABLE {s} (LIKE {t}); ALTER TABLE {s} ADD PRIMARY KEY ({k})",
-            s = quote_table(&scratch),
-            t = quote_table(target),
-            k = key.join(", ")
-        );
+        let mut sql =
+            format!("CREATE UNLOGGED TABLE {s} (LIKE {t})", s = quote_table(&scratch), t = quote_table(target));
+        // A table without a key gets its rows appended (verify compares it as a multiset).
+        if !key.is_empty() {
+            sql.push_str(&format!("; ALTER TABLE {} ADD PRIMARY KEY ({})", quote_table(&scratch), key.join(", ")));
+        }
         let client = self.take_client().await?;
         let result = client
             .batch_execute(&sql)
@@ -911,7 +911,7 @@ async fn reconcile<C: GenericClient + Sync>(
                     p.columns.iter().find(|c| c.name == column.name).filter(|c| c.native_type != column.native_type)
                 });
                 if let Some(old) = changed_at_source {
-                    if schema.engine == Engine::Postgres && full_type != &declared {
+                    if *full_type != format_type_form(&declared) {
                         tx.batch_execute(&format!(
                             "ALTER TABLE {qtable} ALTER COLUMN {c} TYPE {declared} USING {c}::{declared}",
                             c = quote_ident(&column.name)
@@ -1050,6 +1050,20 @@ async fn create_table<C: GenericClient + Sync>(
 }
 
 /// The column type to declare on a Postgres target.
+/// A type as [`target_type`] writes it, in the spelling of Postgres' `format_type` (what
+/// the target's catalog reports), to tell whether a column already has it.
+fn format_type_form(declared: &str) -> String {
+    let spelled = |prefix: &str, long: &str| declared.strip_prefix(prefix).map(|rest| format!("{long}{rest}"));
+    spelled("varchar(", "character varying(").or_else(|| spelled("char(", "character(")).unwrap_or_else(|| {
+        match declared {
+            "timestamp" => "timestamp without time zone".into(),
+            "timestamptz" => "timestamp with time zone".into(),
+            "timetz" => "time with time zone".into(),
+            other => other.to_string(),
+        }
+    })
+}
+
 fn target_type(schema: &TableSchema, column: &tidewater_core::Column) -> String {
     if schema.engine == Engine::Postgres {
         return column.native_type.clone();

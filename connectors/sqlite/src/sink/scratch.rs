@@ -92,13 +92,20 @@ impl SqliteSink {
         self.drop_scratch_table(&scratch).await?;
         let name = &scratch.name;
         let key = schema.key.iter().map(|&i| quote_ident(&schema.columns[i].name)).collect::<Vec<_>>();
-        let sql = format!(
-            "CREATE TEMP TABLE {s} AS SELECT * FROM main.{t} WHERE 0; CREATE UNIQUE INDEX temp.{i} ON {s} ({k})",
+        let mut sql = format!(
+            "CREATE TEMP TABLE {s} AS SELECT * FROM main.{t} WHERE 0",
             s = quote_ident(name),
             t = quote_ident(sqlite_table_name(target)),
-            i = quote_ident(&format!("{name}_key")),
-            k = key.join(", ")
         );
+        // A table without a key gets its rows appended (compared as a multiset).
+        if !key.is_empty() {
+            sql.push_str(&format!(
+                "; CREATE UNIQUE INDEX temp.{i} ON {s} ({k})",
+                s = quote_ident(name),
+                i = quote_ident(&format!("{name}_key")),
+                k = key.join(", ")
+            ));
+        }
         let what = format!("creating a scratch copy of {target}");
         self.run(|conn, path| {
             Box::pin(async move {
