@@ -405,14 +405,11 @@ async fn verify_pipeline(p: &config::PipelineConfig) -> Result<bool, String> {
     let tables = tidewater_postgres::catalog::resolve_tables(&source, &p.source.tables, &p.source.name)
         .await
         .map_err(|e| e.to_string())?;
+    let renames = crate::engine::renames(p);
     let mut all_match = true;
     for (id, relid) in tables {
         let schema = tidewater_postgres::catalog::table_schema(&source, &id, relid).await.map_err(|e| e.to_string())?;
-        let target_id = p
-            .renames
-            .get(&id.to_string())
-            .map(|t| tidewater_core::TableId::parse(t, "public"))
-            .unwrap_or_else(|| id.clone());
+        let target_id = renames.get(&id).cloned().unwrap_or_else(|| id.clone());
         match tidewater_postgres::verify::verify_table(&source, &target, &schema, &target_id, VERIFY_CHUNK_ROWS).await {
             Ok(v) if v.matches() => {
                 println!(

@@ -36,6 +36,8 @@ use tidewater_core::queue::{self, Queued};
 const SNAPSHOT_CHANNEL_CAPACITY: usize = 4;
 /// How often an idle stream loop wakes up to show it is alive (systemd watchdog).
 const IDLE_TICK: Duration = Duration::from_secs(1);
+/// A failed run that lasted this long starts the backoff again from its first delay.
+const LONG_RUN: Duration = Duration::from_secs(60);
 /// Pause before a run restarted to follow the source's tables.
 const RESTART_PAUSE: Duration = Duration::from_millis(200);
 
@@ -80,6 +82,14 @@ impl UnknownStreak {
             )
         })
     }
+}
+
+/// After a failed run: whether the backoff starts again from its first delay (the run made
+/// progress or lasted [`LONG_RUN`]: a new incident) and whether the streak of unclassified
+/// errors ends (only progress ends it, so an error that takes a minute per attempt still
+/// reaches `retry.unknown_max_attempts`).
+fn resets_after_failure(progressed: bool, lasted: Duration) -> (bool, bool) {
+    (progressed || lasted > LONG_RUN, progressed)
 }
 
 /// [`run_pipeline`], but once shutdown is signalled the pipeline gets
@@ -142,9 +152,12 @@ pub async fn run_pipeline(
             }
             continue;
         }
-        // A run that made progress resets the backoff: the next failure is a new incident.
-        if status.figures().transactions_applied_total > applied_before || started.elapsed() > Duration::from_secs(60) {
+        let progressed = status.figures().transactions_applied_total > applied_before;
+        let (new_backoff, new_streak) = resets_after_failure(progressed, started.elapsed());
+        if new_backoff {
             delays = backoff(&cfg.retry);
+        }
+        if new_streak {
             unknown = UnknownStreak::default();
         }
         if let Some(message) = unknown.give_up(&cfg.retry, &error) {
@@ -210,12 +223,16 @@ fn note_retry(cfg: &PipelineConfig, status: &PipelineStatus, error: &ConnectorEr
 }
 
 /// Table plans: each source table and the target table it is written to.
+/// The pipeline's `[pipelines.tables]` renames as table ids (keys may be quoted).
+pub(crate) fn renames(cfg: &PipelineConfig) -> HashMap<TableId, TableId> {
+    cfg.renames.iter().map(|(from, to)| (TableId::parse(from, "public"), TableId::parse(to, "public"))).collect()
+}
+
 pub(crate) fn plans(
     cfg: &PipelineConfig,
     schemas: Vec<Arc<tidewater_core::TableSchema>>,
 ) -> (Vec<TablePlan>, HashMap<TableId, TableId>) {
-    let renames: HashMap<TableId, TableId> =
-        cfg.renames.iter().map(|(from, to)| (TableId::parse(from, "public"), TableId::parse(to, "public"))).collect();
+    let renames = renames(cfg);
     let plans = schemas
         .into_iter()
         .map(|schema| {
@@ -550,7 +567,7 @@ async fn stream(
         }
         note_pending(status, batch.oldest_commit);
         let (events, transactions) = (batch.events as u64, batch.transactions as u64);
-        let apply = batch.finish(&cfg.name, Vec::new(), true);
+        let apply = batch.finish(&cfg.name, true);
         let Some((report, apply_seconds)) = apply_with_retry(cfg, status, shutdown, sink, &apply).await? else {
             return Ok(()); // shutdown while retrying: nothing partial was committed
         };
@@ -736,7 +753,7 @@ async fn batch_on_blocking_pool(
     tokio::task::spawn_blocking(move || {
         let mut batch = BatchBuilder::new(&renames);
         batch.push_transaction(tx);
-        batch.finish(&pipeline, Vec::new(), true)
+        batch.finish(&pipeline, true)
     })
     .await
     .map_err(|e| ConnectorError::fatal(format!("building a batch failed: {e}")))
@@ -823,5 +840,24 @@ async fn apply_with_retry(
         if !sleep_alive(status, delay, shutdown).await {
             return Ok(None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_progress_ends_a_streak_of_unclassified_errors() {
+        // A long run without progress: a fresh backoff, but the streak goes on.
+        assert_eq!(resets_after_failure(false, Duration::from_secs(61)), (true, false));
+        assert_eq!(resets_after_failure(false, Duration::from_secs(5)), (false, false));
+        assert_eq!(resets_after_failure(true, Duration::from_secs(5)), (true, true));
+        let policy = RetryPolicy { initial_ms: 1, max_ms: 1, max_attempts: None, unknown_max_attempts: Some(2) };
+        let mut streak = UnknownStreak::default();
+        let unclassified = ConnectorError::classified(None, "mystery");
+        assert!(streak.give_up(&policy, &unclassified).is_none());
+        assert!(streak.give_up(&policy, &unclassified).is_none());
+        assert!(streak.give_up(&policy, &unclassified).is_some_and(|m| m.contains("unknown_max_attempts")));
     }
 }

@@ -89,7 +89,6 @@ fn batch(position: &str, tables: Vec<TableChanges>) -> ApplyBatch {
     ApplyBatch {
         pipeline: "p".into(),
         tables,
-        dead_letters: Vec::new(),
         positions: vec![position.into()],
         checkpoint: Checkpoint { position: position.into(), snapshot_complete: true },
     }

@@ -410,3 +410,27 @@ async fn one_failing_pipeline_does_not_stop_the_other() {
     assert_eq!(outcomes[0], tidewater::engine::Outcome::Stopped);
     assert!(matches!(outcomes[1], tidewater::engine::Outcome::Failed(_)));
 }
+
+/// A rename whose source key is written quoted (`"public"."orders"`): `verify` compares the
+/// table the daemon writes, not a table named like the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_follows_a_rename_with_a_quoted_key() {
+    let mut p = TestPipeline::new(
+        "verifyquoted",
+        "CREATE TABLE orders (id int PRIMARY KEY, v text); INSERT INTO orders SELECT g, 'v' || g FROM generate_series(1, 3) g",
+        &["public.orders"],
+    )
+    .await;
+    p.pipeline_extra = "[pipelines.tables]\n'\"public\".\"orders\"' = \"archive.orders\"".into();
+    let daemon = p.start();
+    p.wait_state("streaming", CONVERGE).await;
+    let dst = p.target_client().await;
+    wait_for("the renamed target table", CONVERGE, || async {
+        let n: i64 = dst.query_one("SELECT count(*) FROM archive.orders", &[]).await.ok()?.get(0);
+        (n == 3).then_some(())
+    })
+    .await;
+    daemon.stop().await;
+    let (ok, text) = run_cli(&["verify", "--config"], &p.config_path());
+    assert!(ok && text.contains("-> archive.orders: 3 rows match"), "{text}");
+}

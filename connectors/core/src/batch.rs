@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::{
-    ApplyBatch, ChangeEvent, Checkpoint, DeadLetter, MovedRow, Op, RowOrigin, TableChanges, TableId, TableSchema,
-    Transaction, Value,
+    ApplyBatch, ChangeEvent, Checkpoint, MovedRow, Op, RowOrigin, TableChanges, TableId, TableSchema, Transaction,
+    Value,
 };
 
 enum RowState {
@@ -296,7 +296,7 @@ impl<'a> BatchBuilder<'a> {
         self.key_buf = key;
     }
 
-    pub fn finish(self, pipeline: &str, dead_letters: Vec<DeadLetter>, snapshot_complete: bool) -> ApplyBatch {
+    pub fn finish(self, pipeline: &str, snapshot_complete: bool) -> ApplyBatch {
         let tables = self
             .segments
             .into_iter()
@@ -336,7 +336,6 @@ impl<'a> BatchBuilder<'a> {
         ApplyBatch {
             pipeline: pipeline.to_string(),
             tables,
-            dead_letters,
             positions: self.positions,
             checkpoint: Checkpoint { position: self.position.unwrap_or_default(), snapshot_complete },
         }
@@ -406,7 +405,7 @@ mod tests {
             "0/3",
             vec![ev(&s, Op::Insert, None, Some(row([2, 20, 200]))), ev(&s, Op::Delete, Some([2, 0, 0]), None)],
         ));
-        let batch = b.finish("p", vec![], true);
+        let batch = b.finish("p", true);
         assert_eq!(batch.checkpoint.position, "0/3");
         let t = &batch.tables[0];
         assert_eq!(t.upserts, vec![row([1, 11, 100])], "unchanged column filled from the earlier insert");
@@ -419,7 +418,7 @@ mod tests {
         let renames = HashMap::new();
         let mut b = BatchBuilder::new(&renames);
         b.push_transaction(tx("0/1", vec![ev(&s, Op::Update, Some([1, 0, 0]), Some(row([5, 1, 1])))]));
-        let batch = b.finish("p", vec![], true);
+        let batch = b.finish("p", true);
         assert_eq!(batch.tables[0].deletes, vec![row([1, 0, 0])]);
         assert_eq!(batch.tables[0].upserts, vec![row([5, 1, 1])]);
 
@@ -429,7 +428,7 @@ mod tests {
             "0/2",
             vec![ev(&s, Op::Truncate, None, None), ev(&s, Op::Insert, None, Some(row([2, 2, 2])))],
         ));
-        let batch = b.finish("p", vec![], true);
+        let batch = b.finish("p", true);
         assert!(batch.tables[0].truncate);
         assert_eq!(batch.tables[0].upserts, vec![row([2, 2, 2])]);
     }
@@ -441,7 +440,7 @@ mod tests {
         let moved = vec![Value::Int(9), Value::Int(1), Value::Unchanged];
         let mut b = BatchBuilder::new(&renames);
         b.push_transaction(tx("0/1", vec![ev(&s, Op::Update, Some([1, 0, 0]), Some(moved.clone()))]));
-        let batch = b.finish("p", vec![], true);
+        let batch = b.finish("p", true);
         assert_eq!(batch.tables[0].moves.len(), 1);
         assert_eq!(batch.tables[0].moves[0].from, row([1, 0, 0]));
         assert_eq!(batch.tables[0].deletes, vec![row([1, 0, 0])]);
@@ -451,7 +450,7 @@ mod tests {
         let mut b = BatchBuilder::new(&renames);
         b.push_transaction(tx("0/1", vec![ev(&s, Op::Insert, None, Some(row([1, 5, 500])))]));
         b.push_transaction(tx("0/2", vec![ev(&s, Op::Update, Some([1, 0, 0]), Some(moved))]));
-        let batch = b.finish("p", vec![], true);
+        let batch = b.finish("p", true);
         assert!(batch.tables[0].moves.is_empty());
         assert_eq!(batch.tables[0].upserts, vec![row([9, 1, 500])]);
     }
@@ -477,7 +476,7 @@ mod tests {
                 ev(&s, Op::Delete, Some([3, 3, 3]), None),
             ],
         ));
-        let batch = b.finish("p", vec![], true);
+        let batch = b.finish("p", true);
         let t = &batch.tables[0];
         let mut upserts = t.upserts.clone();
         upserts.sort_by_key(|r| format!("{r:?}"));
@@ -506,7 +505,7 @@ mod tests {
         let mut b = BatchBuilder::new(&renames);
         b.push_transaction(tx("0/1", vec![ev(&s1, Op::Insert, None, Some(row([1, 1, 1])))]));
         b.push_transaction(tx("0/2", vec![ev(&s2, Op::Delete, Some([1, 0, 0]), None)]));
-        let batch = b.finish("p", vec![], true);
+        let batch = b.finish("p", true);
         assert_eq!(batch.tables.len(), 2);
         assert_eq!(batch.tables[1].target, TableId::new("replica", "t2"));
         assert_eq!(batch.tables[1].deletes.len(), 1);

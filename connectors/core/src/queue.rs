@@ -34,6 +34,15 @@ pub struct Queued {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueClosed;
 
+/// Why [`SourceSender::try_send`] queued nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrySendError {
+    /// The budget or the channel is full right now: waiting would have been needed.
+    Full,
+    /// The engine's end of the queue is gone.
+    Closed,
+}
+
 /// The source's end of the queue.
 #[derive(Debug, Clone)]
 pub struct SourceSender {
@@ -73,10 +82,19 @@ impl SourceSender {
     }
 
     /// Queues `item` only if that needs no waiting (for best-effort heartbeats).
-    pub fn try_send(&self, item: SourceItem) -> Result<(), QueueClosed> {
+    pub fn try_send(&self, item: SourceItem) -> Result<(), TrySendError> {
+        if self.tx.is_closed() {
+            return Err(TrySendError::Closed);
+        }
         let n = self.permits_for(&item);
-        let permit = self.permits.clone().try_acquire_many_owned(n).map_err(|_| QueueClosed)?;
-        self.tx.try_send(Queued { item, permit }).map_err(|_| QueueClosed)
+        let permit = self.permits.clone().try_acquire_many_owned(n).map_err(|e| match e {
+            tokio::sync::TryAcquireError::NoPermits => TrySendError::Full,
+            tokio::sync::TryAcquireError::Closed => TrySendError::Closed,
+        })?;
+        self.tx.try_send(Queued { item, permit }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => TrySendError::Full,
+            mpsc::error::TrySendError::Closed(_) => TrySendError::Closed,
+        })
     }
 }
 
@@ -86,6 +104,19 @@ mod tests {
 
     use super::*;
     use crate::{ChangeEvent, Column, ColumnType, Engine, Op, TableId, TableSchema, Transaction, Value};
+
+    #[tokio::test]
+    async fn try_send_tells_a_full_queue_from_a_closed_one() {
+        let heartbeat = || SourceItem::Heartbeat { position: "0/1".into() };
+        let (tx, rx) = source_queue(MIN_BUDGET);
+        // Take the whole budget: the next heartbeat would have to wait.
+        let held = tx.permits.clone().try_acquire_many_owned(u32::try_from(MIN_BUDGET).unwrap()).unwrap();
+        assert_eq!(tx.try_send(heartbeat()), Err(TrySendError::Full));
+        drop(held);
+        assert_eq!(tx.try_send(heartbeat()), Ok(()));
+        drop(rx);
+        assert_eq!(tx.try_send(heartbeat()), Err(TrySendError::Closed));
+    }
 
     fn tx(n: usize, position: &str) -> SourceItem {
         let id = Column {
@@ -157,7 +188,7 @@ mod tests {
         let (source, mut queue) = source_queue(MIN_BUDGET);
         source.send(tx(MIN_BUDGET + 250, "big")).await.expect("queue open");
         // The budget is all taken: a heartbeat is dropped rather than waited for.
-        assert_eq!(source.try_send(SourceItem::Heartbeat { position: "h".into() }), Err(QueueClosed));
+        assert_eq!(source.try_send(SourceItem::Heartbeat { position: "h".into() }), Err(TrySendError::Full));
         let waiting = tokio::spawn(async move { source.send(tx(1, "small")).await });
         let big = queue.recv().await.expect("big");
         assert_eq!(position(&big), "big");

@@ -310,15 +310,15 @@ pub struct DeadLetter {
     pub error: String,
 }
 
-/// One target transaction: the changes of one or more whole source transactions, the dead
-/// letters found among them, and the checkpoint that covers them.
+/// One target transaction: the changes of one or more whole source transactions and the
+/// checkpoint that covers them. Dead letters are found by the sink while applying (see
+/// [`Isolator`]).
 #[derive(Debug, Clone)]
 pub struct ApplyBatch {
     pub pipeline: String,
     /// Segments in application order. One table may appear more than once (e.g. around a
     /// truncate or a schema change); segments of one table are applied in order.
     pub tables: Vec<TableChanges>,
-    pub dead_letters: Vec<DeadLetter>,
     /// Commit positions of the batch's source transactions, indexed by [`RowOrigin::tx`].
     pub positions: Vec<String>,
     pub checkpoint: Checkpoint,
@@ -327,13 +327,7 @@ pub struct ApplyBatch {
 impl ApplyBatch {
     /// A batch that only moves the checkpoint.
     pub fn checkpoint_only(pipeline: &str, checkpoint: Checkpoint) -> Self {
-        ApplyBatch {
-            pipeline: pipeline.to_string(),
-            tables: Vec::new(),
-            dead_letters: Vec::new(),
-            positions: Vec::new(),
-            checkpoint,
-        }
+        ApplyBatch { pipeline: pipeline.to_string(), tables: Vec::new(), positions: Vec::new(), checkpoint }
     }
 }
 

@@ -520,7 +520,6 @@ impl Sink for MysqlSink {
             for changes in &batch.tables {
                 report.rows_written += apply_table(&mut conn, &env, &self.state.targets, changes).await?;
             }
-            write_dead_letters(&mut conn, &env, &batch.pipeline, &batch.dead_letters).await?;
             commit_with_checkpoint(&mut conn, &env, &batch.pipeline, &batch.checkpoint, "committing the batch").await?;
             Ok(report)
         }
@@ -536,13 +535,13 @@ impl Sink for MysqlSink {
             let env = Env { facts, bookkeeping: &self.bookkeeping };
             begin(&mut conn).await?;
             let mut report = ApplyReport::default();
-            let mut dead_letters = batch.dead_letters.clone();
+            let mut dead_letters = Vec::new();
             for changes in &batch.tables {
                 report.rows_written +=
                     apply_table_isolating(&mut conn, &env, &self.state.targets, batch, changes, &mut dead_letters)
                         .await?;
             }
-            report.dead_letters = (dead_letters.len() - batch.dead_letters.len()) as u64;
+            report.dead_letters = dead_letters.len() as u64;
             write_dead_letters(&mut conn, &env, &batch.pipeline, &dead_letters).await?;
             commit_with_checkpoint(&mut conn, &env, &batch.pipeline, &batch.checkpoint, "committing the batch").await?;
             Ok(report)
@@ -1250,19 +1249,16 @@ async fn apply_part_in_open_transaction(
     match failure {
         // (No RELEASE: the next part's SAVEPOINT of the same name replaces this one, and
         // the commit ends it; that is a round trip per part less.)
-        None => {
-            write_dead_letters(conn, &env, &part.pipeline, &part.dead_letters).await?;
-            Ok(report)
-        }
+        None => Ok(report),
         Some(e) if e.class == ErrorClass::Event && isolate => {
             savepoint(conn, "ROLLBACK TO SAVEPOINT tidewater_part").await?;
             let mut report = ApplyReport::default();
-            let mut dead_letters = part.dead_letters.clone();
+            let mut dead_letters = Vec::new();
             for changes in &part.tables {
                 report.rows_written +=
                     apply_table_isolating(conn, &env, targets, part, changes, &mut dead_letters).await?;
             }
-            report.dead_letters = (dead_letters.len() - part.dead_letters.len()) as u64;
+            report.dead_letters = dead_letters.len() as u64;
             write_dead_letters(conn, &env, &part.pipeline, &dead_letters).await?;
             Ok(report)
         }

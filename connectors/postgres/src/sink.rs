@@ -247,7 +247,6 @@ impl Sink for PgSink {
             for changes in &batch.tables {
                 report.rows_written += apply_table(&tx, &mut self.state, changes).await?;
             }
-            write_dead_letters(&tx, &mut self.state, &batch.pipeline, &batch.dead_letters).await?;
             write_checkpoint(&tx, &mut self.state, &batch.pipeline, &batch.checkpoint).await?;
             tx.commit().await.map_err(|e| pg_error("committing the batch", e))?;
             Ok(report)
@@ -261,12 +260,12 @@ impl Sink for PgSink {
         let result = async {
             let tx = client.transaction().await.map_err(|e| pg_error("starting a target transaction", e))?;
             let mut report = ApplyReport::default();
-            let mut dead_letters = batch.dead_letters.clone();
+            let mut dead_letters = Vec::new();
             for changes in &batch.tables {
                 report.rows_written +=
                     apply_table_isolating(&tx, &mut self.state, batch, changes, &mut dead_letters).await?;
             }
-            report.dead_letters = (dead_letters.len() - batch.dead_letters.len()) as u64;
+            report.dead_letters = dead_letters.len() as u64;
             write_dead_letters(&tx, &mut self.state, &batch.pipeline, &dead_letters).await?;
             write_checkpoint(&tx, &mut self.state, &batch.pipeline, &batch.checkpoint).await?;
             tx.commit().await.map_err(|e| pg_error("committing the batch", e))?;

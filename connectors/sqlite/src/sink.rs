@@ -409,7 +409,6 @@ impl Sink for SqliteSink {
             for changes in &batch.tables {
                 report.rows_written += w.apply_table(changes).await?;
             }
-            w.write_dead_letters(&batch.pipeline, &batch.dead_letters).await?;
             w.write_checkpoint(&batch.pipeline, &batch.checkpoint).await?;
             w.exec("COMMIT", "committing the batch").await?;
             Ok(report)
@@ -425,11 +424,11 @@ impl Sink for SqliteSink {
         let result = async {
             w.begin().await?;
             let mut report = ApplyReport::default();
-            let mut dead_letters = batch.dead_letters.clone();
+            let mut dead_letters = Vec::new();
             for changes in &batch.tables {
                 report.rows_written += w.apply_table_isolating(batch, changes, &mut dead_letters).await?;
             }
-            report.dead_letters = (dead_letters.len() - batch.dead_letters.len()) as u64;
+            report.dead_letters = dead_letters.len() as u64;
             w.write_dead_letters(&batch.pipeline, &dead_letters).await?;
             w.write_checkpoint(&batch.pipeline, &batch.checkpoint).await?;
             w.exec("COMMIT", "committing the batch").await?;
@@ -723,7 +722,6 @@ impl Writer<'_> {
         }
         match failure {
             None => {
-                self.write_dead_letters(&part.pipeline, &part.dead_letters).await?;
                 self.exec("RELEASE tidewater_part", "releasing a savepoint").await?;
                 Ok(report)
             }
@@ -731,11 +729,11 @@ impl Writer<'_> {
                 self.exec("ROLLBACK TO tidewater_part", "rolling back to a savepoint").await?;
                 *self.tables = saved; // columns added inside the part are gone again
                 let mut report = ApplyReport::default();
-                let mut dead_letters = part.dead_letters.clone();
+                let mut dead_letters = Vec::new();
                 for changes in &part.tables {
                     report.rows_written += self.apply_table_isolating(part, changes, &mut dead_letters).await?;
                 }
-                report.dead_letters = (dead_letters.len() - part.dead_letters.len()) as u64;
+                report.dead_letters = dead_letters.len() as u64;
                 self.write_dead_letters(&part.pipeline, &dead_letters).await?;
                 self.exec("RELEASE tidewater_part", "releasing a savepoint").await?;
                 Ok(report)
