@@ -59,24 +59,39 @@ pub async fn connect(endpoint: &PgEndpoint) -> Result<Client, ConnectorError> {
     let client = match endpoint.tls.connector() {
         Some(tls) => {
             let (client, connection) = config.connect(tls).await.map_err(|e| connect_error(endpoint, e))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "postgres connection ended");
-                }
-            });
+            tokio::spawn(drive(connection));
             client
         }
         None => {
             let (client, connection) = config.connect(NoTls).await.map_err(|e| connect_error(endpoint, e))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "postgres connection ended");
-                }
-            });
+            tokio::spawn(drive(connection));
             client
         }
     };
     Ok(client)
+}
+
+/// Runs a connection until it ends. Server notices (`CREATE SCHEMA IF NOT EXISTS` on an
+/// existing schema says "already exists, skipping" at every start) are logged at debug:
+/// awaiting the connection itself would log each one at info.
+async fn drive<S, T>(mut connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(tokio_postgres::AsyncMessage::Notice(notice))) => {
+                tracing::debug!(severity = notice.severity(), message = notice.message(), "postgres notice");
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "postgres connection ended");
+                return;
+            }
+            None => return,
+        }
+    }
 }
 
 /// A connection error with what to change when TLS is the cause. TLS negotiation
