@@ -320,9 +320,16 @@ pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
 }
 
 pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
-    let deserializer = toml::Deserializer::new(text);
+    let deserializer = toml::Deserializer::parse(text).map_err(|e| vec![syntax_error(text, &e)])?;
     let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| vec![file_error(text, &e)])?;
     validate(raw)
+}
+
+/// A TOML syntax error (before any key is read): the line is the best pointer.
+fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let line = e.span().map(|span| 1 + text[..span.start.min(text.len())].matches('\n').count());
+    let key = line.map(|l| format!("line {l}")).unwrap_or_else(|| "config".to_string());
+    err(key, e.message().trim().to_string())
 }
 
 /// One parse error as the user should read it: the key path (`pipelines[0].max_batch_events`),
