@@ -28,6 +28,16 @@ pub enum PipelineState {
 }
 
 impl PipelineState {
+    /// Every state, for the `tidewater_pipeline_state` StateSet.
+    pub const ALL: [PipelineState; 6] = [
+        PipelineState::Starting,
+        PipelineState::Snapshotting,
+        PipelineState::Streaming,
+        PipelineState::Retrying,
+        PipelineState::Failed,
+        PipelineState::Stopped,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             PipelineState::Starting => "starting",
@@ -419,7 +429,51 @@ async fn readyz(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render_metrics(&registry))
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render_metrics(&registry))
+}
+
+/// The conventional `process_*` metrics of this process, from `/proc/self` (Linux; left
+/// out elsewhere).
+fn process_metrics(out: &mut String) {
+    use std::fmt::Write as _;
+    let page = 4096.0;
+    let ticks = 100.0; // USER_HZ: 100 on every Linux the daemon runs on.
+    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        let _ = writeln!(out, "# HELP process_{name} {help}\n# TYPE process_{name} {kind}\nprocess_{name} {value}");
+    };
+    if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
+        if let Some(rss) = statm.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()) {
+            metric("resident_memory_bytes", "gauge", "Resident memory size in bytes.", rss * page);
+        }
+    }
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command name (which may hold spaces, in parentheses).
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+        if let (Some(utime), Some(stime)) = (field(14), field(15)) {
+            metric(
+                "cpu_seconds_total",
+                "counter",
+                "User and system CPU time spent in seconds.",
+                (utime + stime) / ticks,
+            );
+        }
+        let boot = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<f64>().ok())));
+        if let (Some(start), Some(boot)) = (field(22), boot) {
+            metric(
+                "start_time_seconds",
+                "gauge",
+                "Start time of the process since the Unix epoch in seconds.",
+                boot + start / ticks,
+            );
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        metric("open_fds", "gauge", "Number of open file descriptors.", fds.count() as f64);
+    }
 }
 
 /// Prometheus text exposition of the status figures.
@@ -427,6 +481,13 @@ pub fn render_metrics(registry: &Registry) -> String {
     use std::fmt::Write as _;
     let status = &registry.json();
     let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP tidewater_build_info The running build (always 1).\n# TYPE tidewater_build_info gauge\n\
+         tidewater_build_info{{version=\"{}\"}} 1",
+        status.version
+    );
+    process_metrics(&mut out);
     let mut family = |name: &str, kind: &str, help: &str, value: &dyn Fn(&PipelineJson) -> f64| {
         let _ = writeln!(out, "# HELP tidewater_{name} {help}\n# TYPE tidewater_{name} {kind}");
         for p in &status.pipelines {
@@ -445,12 +506,22 @@ pub fn render_metrics(registry: &Registry) -> String {
         p.dead_letters_total as f64
     });
     family("retries_total", "counter", "Retries after transient errors.", &|p| p.retries_total as f64);
+    // A StateSet: every state of every pipeline, 1 for the current one.
     let _ = writeln!(
         out,
-        "# HELP tidewater_pipeline_state Current state (1 for the current one).\n# TYPE tidewater_pipeline_state gauge"
+        "# HELP tidewater_pipeline_state Current state (1 for the current one, 0 for the others).\n\
+         # TYPE tidewater_pipeline_state gauge"
     );
     for p in &status.pipelines {
-        let _ = writeln!(out, "tidewater_pipeline_state{{pipeline=\"{}\",state=\"{}\"}} 1", p.name, p.state.as_str());
+        for state in PipelineState::ALL {
+            let _ = writeln!(
+                out,
+                "tidewater_pipeline_state{{pipeline=\"{}\",state=\"{}\"}} {}",
+                p.name,
+                state.as_str(),
+                u8::from(state == p.state)
+            );
+        }
     }
     type TableFamily = (&'static str, &'static str, &'static str, fn(&TableJson) -> Option<f64>);
     let table_families: [TableFamily; 2] = [

@@ -27,6 +27,27 @@ async fn status_command_and_http_endpoints_describe_the_pipeline() {
     let applied = format!("tidewater_events_applied_total{{pipeline=\"{}\"}} ", p.name);
     assert!(metrics.contains(&applied), "{metrics}");
     assert!(metrics.contains(&format!("tidewater_pipeline_state{{pipeline=\"{}\",state=\"streaming\"}} 1", p.name)));
+    // The exposition format's content type, as Prometheus expects it.
+    let head = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", p.status_port)).await.unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        String::from_utf8_lossy(&response).split("\r\n\r\n").next().unwrap_or_default().to_ascii_lowercase()
+    };
+    assert!(head.contains("content-type: text/plain; version=0.0.4; charset=utf-8"), "{head}");
+    // A StateSet: the other states are there with 0.
+    assert!(metrics.contains(&format!("tidewater_pipeline_state{{pipeline=\"{}\",state=\"failed\"}} 0", p.name)));
+    assert!(
+        metrics.contains(&format!("tidewater_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))),
+        "{metrics}"
+    );
+    let rss = metrics.lines().find_map(|l| l.strip_prefix("process_resident_memory_bytes ")).map(str::trim);
+    assert!(rss.and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v > 1e6), "{metrics}");
+    for family in ["process_cpu_seconds_total", "process_start_time_seconds", "process_open_fds"] {
+        assert!(metrics.contains(&format!("\n{family} ")), "{family}: {metrics}");
+    }
     for family in ["tidewater_batch_events", "tidewater_apply_duration_seconds"] {
         assert!(metrics.contains(&format!("# TYPE {family} histogram")), "{metrics}");
         let count_line = format!("{family}_count{{pipeline=\"{}\"}} ", p.name);
