@@ -20,13 +20,13 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon (systemd ExecStart).
     Run {
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        #[arg(long, env = "TIDEWATER_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
     /// Validate the configuration, connect, and verify server settings (read-only: creates
     /// nothing on any server).
     Check {
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        #[arg(long, env = "TIDEWATER_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// Only validate the configuration and the files it names (token, passwords); no
         /// connection is made. For CI and systemd's ExecStartPre.
@@ -48,7 +48,7 @@ pub enum Command {
     },
     /// Compare source and target rows (counts and checksums).
     Verify {
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        #[arg(long, env = "TIDEWATER_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         #[arg(long)]
         pipeline: Option<String>,
@@ -64,14 +64,14 @@ pub enum Command {
 pub enum DlqCommand {
     /// List dead letters.
     List {
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        #[arg(long, env = "TIDEWATER_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         #[arg(long)]
         pipeline: Option<String>,
     },
     /// Re-apply dead letters after fixing their cause.
     Replay {
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        #[arg(long, env = "TIDEWATER_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         #[arg(long)]
         pipeline: Option<String>,

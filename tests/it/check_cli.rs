@@ -402,3 +402,24 @@ async fn a_mysql_table_name_that_differs_only_in_case_gets_a_hint() {
     let said = text(&out);
     assert!(said.contains(&format!("{db}.Orders")) && said.contains("differs only in case"), "{said}");
 }
+
+/// `TIDEWATER_CONFIG` stands in for `--config` (the flag wins when both are given).
+#[test]
+fn the_config_path_may_come_from_tidewater_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write_config(dir.path(), "[status]\nlisten = 5\n");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tidewater"))
+            .args(args)
+            .env("TIDEWATER_CONFIG", &bad)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["check", "--offline"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains(&bad.display().to_string()) && said.contains("status.listen"), "{said}");
+    let missing = dir.path().join("nowhere.toml");
+    let out = run(&["check", "--offline", "--config", &missing.display().to_string()]);
+    assert!(text(&out).contains("nowhere.toml"), "the flag wins: {}", text(&out));
+}
