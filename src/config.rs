@@ -1058,14 +1058,20 @@ fn tls_config(
     tls
 }
 
-/// Parses `scheme://user@host:port/database`. A password in the URL is refused: secrets
-/// belong in `password_file` / `password_env`.
-fn parse_url(url: &str, key: &str, errors: &mut Vec<ConfigError>) -> Option<Endpoint> {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        errors.push(err(key, "must be a URL like postgres://user@host:5432/database"));
-        return None;
+/// Parses `scheme://user@host:port/database` (the `url` crate: IPv6 hosts in brackets,
+/// percent-encoded user and database names). A password in the URL is refused (secrets
+/// belong in `password_file` / `password_env`), and so is any query parameter: none is
+/// read, so each one would be silently ignored (TLS settings have their own keys).
+fn parse_url(text: &str, key: &str, errors: &mut Vec<ConfigError>) -> Option<Endpoint> {
+    let url = match url::Url::parse(text) {
+        Ok(url) => url,
+        Err(e) => {
+            errors
+                .push(err(key, format!("is not a valid URL ({e}): write it like postgres://user@host:5432/database")));
+            return None;
+        }
     };
-    let default_port = match scheme {
+    let default_port = match url.scheme() {
         "postgres" | "postgresql" => 5432,
         "mysql" | "mariadb" => 3306,
         other => {
@@ -1073,33 +1079,49 @@ fn parse_url(url: &str, key: &str, errors: &mut Vec<ConfigError>) -> Option<Endp
             return None;
         }
     };
-    let rest = rest.split_once('?').map_or(rest, |(r, _)| r);
-    let (authority, database) = rest.split_once('/').unwrap_or((rest, ""));
-    let (userinfo, hostport) = match authority.rsplit_once('@') {
-        Some((u, h)) => (u, h),
-        None => ("", authority),
-    };
-    if userinfo.contains(':') {
+    if url.password().is_some() {
         errors.push(err(key, "contains a password: remove it from the URL and use password_file or password_env"));
         return None;
     }
-    let user = if userinfo.is_empty() { "postgres".to_string() } else { userinfo.to_string() };
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) => match p.parse::<u16>() {
-            Ok(p) => (h.to_string(), p),
-            Err(_) => {
-                errors.push(err(key, format!("port {p:?} is not a number")));
-                return None;
-            }
-        },
-        None => (hostport.to_string(), default_port),
-    };
-    if host.is_empty() {
-        errors.push(err(key, "has no host"));
-        return None;
+    for (param, _) in url.query_pairs() {
+        // sslmode and sslrootcert get their own message from the TLS settings.
+        if param != "sslmode" && param != "sslrootcert" {
+            errors.push(err(
+                key,
+                format!("URL parameter {param:?} is not read: remove it (settings are keys of [{}])", section_of(key)),
+            ));
+        }
     }
-    let database = if database.is_empty() && default_port == 5432 { user.clone() } else { database.to_string() };
-    Some(Endpoint { url: url.to_string(), host, port, user, database })
+    let decode =
+        |part: &str, what: &str, errors: &mut Vec<ConfigError>| match percent_encoding::percent_decode_str(part)
+            .decode_utf8()
+        {
+            Ok(text) => Some(text.into_owned()),
+            Err(_) => {
+                errors.push(err(key, format!("the {what} is not valid UTF-8 after percent-decoding")));
+                None
+            }
+        };
+    let user = decode(url.username(), "user name", errors)?;
+    let user = if user.is_empty() { "postgres".to_string() } else { user };
+    let host = match url.host() {
+        Some(url::Host::Ipv6(addr)) => addr.to_string(),
+        Some(url::Host::Ipv4(addr)) => addr.to_string(),
+        Some(url::Host::Domain(name)) if !name.is_empty() => decode(name, "host", errors)?,
+        _ => {
+            errors.push(err(key, "has no host"));
+            return None;
+        }
+    };
+    let port = url.port().unwrap_or(default_port);
+    let database = decode(url.path().trim_start_matches('/'), "database name", errors)?;
+    let database = if database.is_empty() && default_port == 5432 { user.clone() } else { database };
+    Some(Endpoint { url: text.to_string(), host, port, user, database })
+}
+
+/// `sources.app` of `sources.app.url`.
+fn section_of(key: &str) -> &str {
+    key.strip_suffix(".url").unwrap_or(key)
 }
 
 #[cfg(test)]
@@ -1125,6 +1147,38 @@ target = "wh"
 [pipelines.tables]
 "public.orders" = "replica.orders"
 "#;
+
+    fn endpoint_of(url: &str) -> Result<Endpoint, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        parse_url(url, "sources.app.url", &mut errors).filter(|_| errors.is_empty()).ok_or(errors)
+    }
+
+    #[test]
+    fn urls_take_ipv6_hosts_and_percent_encoded_names_and_refuse_unknown_parameters() {
+        for scheme in ["postgres", "mysql"] {
+            let e = endpoint_of(&format!("{scheme}://rep%40lica@[::1]:6543/my%20db")).unwrap();
+            assert_eq!(
+                (e.host.as_str(), e.port, e.user.as_str(), e.database.as_str()),
+                ("::1", 6543, "rep@lica", "my db")
+            );
+            let e = endpoint_of(&format!("{scheme}://u@db.example.com/app")).unwrap();
+            assert_eq!((e.host.as_str(), e.database.as_str()), ("db.example.com", "app"));
+            let errors = endpoint_of(&format!("{scheme}://u@h/app?connect_timeout=5")).unwrap_err();
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.key == "sources.app.url" && e.problem.contains("\"connect_timeout\" is not read")),
+                "{errors:?}"
+            );
+            let errors = endpoint_of(&format!("{scheme}://u@h:notaport/app")).unwrap_err();
+            assert!(errors[0].problem.contains("not a valid URL"), "{errors:?}");
+            let errors = endpoint_of(&format!("{scheme}://u:secret@h/app")).unwrap_err();
+            assert!(errors[0].problem.contains("password"), "{errors:?}");
+            assert!(!format!("{errors:?}").contains("secret"), "the password is not echoed");
+        }
+        assert_eq!(endpoint_of("postgres://u@127.0.0.1/").unwrap().database, "u", "libpq's default database");
+        assert_eq!(endpoint_of("mysql://u@127.0.0.1").unwrap().port, 3306);
+    }
 
     #[test]
     fn good_config_gets_defaults() {

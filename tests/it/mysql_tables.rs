@@ -91,3 +91,22 @@ async fn mariadb_table_created_under_the_wildcard_while_streaming_arrives_with_e
     assert_eq!(p.wait_converged("fresh", FRESH_ROW).await.len(), 60);
     daemon.stop().await;
 }
+
+/// URLs with an IPv6 host (`[::1]`): the MariaDB source's catalog, snapshot and binlog
+/// connections and the Postgres target's connection all go over IPv6.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_source_and_postgres_target_over_ipv6_urls() {
+    let p = MyPipeline::new(
+        "myipv6",
+        "CREATE TABLE orders (id INT PRIMARY KEY, item TEXT); INSERT INTO orders VALUES (1, 'a')",
+        true,
+    )
+    .await;
+    let config = p.config_text().replace("@127.0.0.1:", "@[::1]:");
+    assert_eq!(config.matches("@[::1]:").count(), 2, "{config}");
+    let daemon = InProcess::start(&config);
+    p.wait_state("streaming").await;
+    run(&mut p.source_conn().await, "INSERT INTO orders VALUES (2, 'over ipv6')").await;
+    assert_eq!(p.wait_converged("orders", "concat_ws('|', id, item)").await.len(), 2);
+    daemon.stop().await;
+}

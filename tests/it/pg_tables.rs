@@ -188,3 +188,33 @@ async fn keyless_table_without_full_identity_fails_naming_the_fix() {
     assert!(error.contains("REPLICA IDENTITY FULL") && error.contains("nokey"), "{error}");
     daemon.stop().await;
 }
+
+/// URLs with an IPv6 host (`[::1]`): the source's catalog, snapshot and replication
+/// connections and the target's connection all go over IPv6.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_pipeline_over_ipv6_urls() {
+    let p = TestPipeline::new(
+        "ipv6",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a')",
+        &["public.t"],
+    )
+    .await;
+    let config = p.config_text().replace("@127.0.0.1:", "@[::1]:");
+    assert_eq!(config.matches("@[::1]:").count(), 2, "{config}");
+    let daemon = crate::support::daemon::InProcess::start(&config);
+    p.wait_state("streaming", CONVERGE).await;
+    p.source_client().await.batch_execute("INSERT INTO t VALUES (2, 'over ipv6')").await.unwrap();
+    assert_eq!(p.wait_converged("t", "t", CONVERGE).await.len(), 2);
+    let over_v6 = p
+        .source_client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'tidewater%' AND client_addr = '::1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert!(over_v6 >= 2, "the catalog and replication connections use IPv6: {over_v6}");
+    daemon.stop().await;
+}

@@ -172,7 +172,8 @@ impl MyServer {
             .arg(format!("--tmpdir={}", self.root.join("tmp").display()))
             .arg(format!("--server-id={}", self.server_id))
             .args([
-                "--bind-address=127.0.0.1",
+                // IPv6 too: URLs with `[::1]` are tested (binlog connection included).
+                "--bind-address=127.0.0.1,::1",
                 "--binlog-format=ROW",
                 "--binlog-row-image=FULL",
                 "--binlog-row-metadata=FULL",

@@ -37,7 +37,8 @@ const PG_OS_USER: &str = "postgres";
 
 /// Settings appended to postgresql.conf (port / socket dir are added separately).
 const SERVER_SETTINGS: &[(&str, &str)] = &[
-    ("listen_addresses", "'127.0.0.1'"),
+    // IPv6 too: URLs with `[::1]` are tested on every connection kind.
+    ("listen_addresses", "'127.0.0.1,::1'"),
     ("wal_level", "logical"),
     ("max_replication_slots", "64"),
     ("max_wal_senders", "64"),
@@ -58,6 +59,8 @@ local   all          all                  trust
 local   replication  all                  trust
 host    all          all   127.0.0.1/32   scram-sha-256
 host    replication  all   127.0.0.1/32   scram-sha-256
+host    all          all   ::1/128        scram-sha-256
+host    replication  all   ::1/128        scram-sha-256
 ";
 
 /// A throwaway PostgreSQL server. Layout of its temp dir (`data_dir.parent()`):
