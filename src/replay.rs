@@ -5,7 +5,8 @@
 //! the row), so it converges to the source even when the row changed again after the
 //! rejected event. Each replay is its own target transaction that also sets
 //! `replayed_at`; one that fails keeps the dead letter, records the new error on it, and
-//! is reported.
+//! is reported. A dead letter of a table without a key is not replayed (it cannot be
+//! matched to one source row); it stays pending with that reason recorded.
 
 use std::sync::Arc;
 
@@ -67,6 +68,16 @@ async fn replay_one(
         ))
     })?;
     let schema = &plan.source;
+    if schema.key.is_empty() {
+        // Without a key the dead letter cannot name one source row: re-reading "by key"
+        // would pick any row, and re-applying the stored payload could revive a row the
+        // source deleted since. Keep it pending instead of guessing.
+        return Err(ConnectorError::fatal(format!(
+            "{} has no primary key, so a dead letter cannot be matched to one source row; it stays \
+             pending. Fix the cause, then copy the table again (`tidewater verify` shows the difference)",
+            record.source_table
+        )));
+    }
     let payload: serde_json::Value = serde_json::from_str(&record.payload)
         .map_err(|e| ConnectorError::fatal(format!("dead letter {}: payload is not JSON: {e}", record.id)))?;
     let key = schema

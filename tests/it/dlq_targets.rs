@@ -150,3 +150,48 @@ async fn verify_and_replay_from_postgres_into_mariadb_and_sqlite() {
         daemon.stop().await;
     }
 }
+
+/// A dead letter of a keyless table is not replayed: it cannot be matched to one source
+/// row. It stays pending with the reason recorded, and the target keeps exactly the rows
+/// it had (no guessed row is written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_replay_of_a_keyless_table_refuses_and_keeps_the_dead_letter() {
+    let mut p = TestPipeline::new(
+        "dlqkeyless",
+        "CREATE TABLE n (v int, note text); ALTER TABLE n REPLICA IDENTITY FULL; \
+         INSERT INTO n VALUES (1, 'a'), (1, 'a'), (2, 'b')",
+        &["public.n"],
+    )
+    .await;
+    let file = p.dir.path().join("edge.db");
+    p.target_override = Some(format!("[targets.dst]\ntype = \"sqlite\"\npath = \"{}\"", file.display()));
+    {
+        use tidewater_sqlite::sqlx::{Connection, Executor};
+        let url = format!("sqlite://{}?mode=rwc", file.display());
+        let mut conn = tidewater_sqlite::sqlx::SqliteConnection::connect(&url).await.unwrap();
+        conn.execute("CREATE TABLE n (v INTEGER CHECK (v < 100), note TEXT)").await.unwrap();
+        conn.close().await.unwrap();
+    }
+    let daemon = p.start();
+    p.wait_state("streaming", WAIT).await;
+    p.source_client().await.batch_execute("INSERT INTO n VALUES (500, 'poison')").await.unwrap();
+    wait_for("dead letter recorded", WAIT, || async { p.status().await.filter(|s| s["dead_letters_total"] == 1) })
+        .await;
+    daemon.stop().await;
+
+    let (ok, text) = cli(&["dlq", "replay", "--config"], &p);
+    assert!(!ok && text.contains("has no primary key"), "{text}");
+    let text = dlq_list(&p);
+    assert!(text.contains("1 dead letters") && text.contains("has no primary key"), "still pending: {text}");
+    use tidewater_sqlite::sqlx::{Connection, Row};
+    let url = format!("sqlite://{}?mode=ro", file.display());
+    let mut conn = tidewater_sqlite::sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let rows: Vec<(i64, String)> = tidewater_sqlite::sqlx::query("SELECT v, note FROM n ORDER BY v")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, vec![(1, "a".to_string()), (1, "a".to_string()), (2, "b".to_string())]);
+}
