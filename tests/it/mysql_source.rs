@@ -398,6 +398,28 @@ async fn added_column_shows_up_before_the_first_row_carrying_it_and_truncate_str
     assert_eq!(stream.tx().await.events[0].table.columns.len(), 4);
 }
 
+/// A stream that starts past a schema change it never read, with the catalog of the
+/// pipeline's start (a reader opened again after a restart of the shared reader or while
+/// catching up): the added column's values arrive, never as NULL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_opened_past_an_added_column_decodes_its_values() {
+    let server = mysql_source().await;
+    let db = fresh_mysql_db(server, "srcpast").await;
+    let mut conn = server.connect(&db).await;
+    sql(&mut conn, "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(10))").await;
+    let mut src = source(server, &db, &[&format!("{db}.t")]);
+    let schemas = src.prepare().await.expect("prepare");
+    assert_eq!(schemas[0].columns.len(), 2);
+    sql(&mut conn, "ALTER TABLE t ADD COLUMN extra VARCHAR(20) NULL").await;
+    let past = src.begin_without_snapshot().await.expect("position");
+    sql(&mut conn, "INSERT INTO t VALUES (1, 'a', 'x')").await;
+    let mut stream = Stream::start(&mut src, &past).await;
+    let tx = stream.tx().await;
+    let names: Vec<&str> = tx.events[0].table.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, vec!["id", "v", "extra"]);
+    assert_eq!(after(&tx.events[0])["extra"], Value::Text("x".into()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_transaction_arrives_in_parts_then_whole() {
     let server = mysql_source().await;

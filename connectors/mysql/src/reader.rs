@@ -29,7 +29,7 @@ use crate::decode::{decode_rows, RowImage};
 use crate::source::MysqlSourceConfig;
 use crate::source_conn::{col, connect, my_error, rows, Flavour, ServerInfo};
 use crate::source_ddl::parse_statement;
-use crate::table_maps::{map_table, table_map_id, Catalog, MappedTable, Mapping};
+use crate::table_maps::{has_unknown_column, map_table, table_map_id, Catalog, MappedTable, Mapping};
 use crate::tls::MysqlTls;
 
 /// The server sends a heartbeat after this long without events.
@@ -576,7 +576,12 @@ impl<E: Emit> Reader<E> {
             return Ok(());
         }
         let mut refreshed = false;
-        if self.catalog.stale.contains(&id) {
+        // A logged column the catalog does not know is either dropped since (the row is
+        // older than the catalog) or added since the catalog was read (a reader opened
+        // after a schema change, past its DDL statement, starts from the catalog of the
+        // pipeline's start): only the current catalog tells which.
+        let unknown = self.catalog.tables.get(&id).is_some_and(|cat| has_unknown_column(&info, cat));
+        if self.catalog.stale.contains(&id) || unknown {
             self.catalog.refresh(&id).await?;
             refreshed = true;
         }

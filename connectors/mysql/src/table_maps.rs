@@ -218,6 +218,11 @@ pub(crate) fn map_table(info: &TableMapInfo, cat: &CatalogTable) -> Result<Match
     Ok((schema, decoders, (!identity).then_some(keep)))
 }
 
+/// Whether the table map names a column `cat` does not have (never without names).
+pub(crate) fn has_unknown_column(info: &TableMapInfo, cat: &CatalogTable) -> bool {
+    info.names.as_ref().is_some_and(|names| names.iter().any(|n| cat.column(n).is_none()))
+}
+
 /// A row logged under an older shape of the table (replayed after a restart): its column
 /// `i`, named `names[i]`, is not in the catalog, but the catalog's column at that place is
 /// not in the row and has a type the row's layout fits: the column was renamed since (or
@@ -350,6 +355,10 @@ mod tests {
         let (schema, _, _) =
             map_table(&tmi(vec![Layout::Long, Layout::Double], Some(vec!["id", "old"])), &cat).unwrap();
         assert_eq!(schema.columns[1].native_type, "longtext");
+        // Names the catalog lacks are told apart from the catalog's own.
+        assert!(has_unknown_column(&tmi(vec![Layout::Long], Some(vec!["added"])), &cat));
+        assert!(!has_unknown_column(&tmi(vec![Layout::Long], Some(vec!["id"])), &cat));
+        assert!(!has_unknown_column(&tmi(vec![Layout::Long, Layout::Long, Layout::Long], None), &cat));
         // The key must be in the row.
         let err = map_table(&tmi(vec![Layout::Str { len_bytes: 1 }], Some(vec!["v"])), &cat).unwrap_err();
         assert!(err.contains("key column id"), "{err}");
