@@ -74,7 +74,7 @@ async fn verify_table(
     let schema = &plan.source;
     let (tx, mut rx) = mpsc::channel::<SnapshotChunk>(2);
     let read = async move {
-        let result = source.snapshot_table(schema, CHUNK_ROWS, &tx).await;
+        let result = source.snapshot_table(schema, CHUNK_ROWS, None, &tx).await;
         drop(tx);
         result
     };

@@ -70,16 +70,42 @@ async fn kill_9_during_the_initial_snapshot_restarts_it_without_gap_or_duplicate
     )
     .await;
     let src = p.source_client().await;
+    let dst = p.target_client().await;
+    // The rows the checkpoint records as copied: a restart continues, it never starts over.
+    let copied = || async {
+        let row = dst
+            .query_opt(
+                "SELECT copy_progress, snapshot_complete FROM tidewater_checkpoints WHERE pipeline = $1",
+                &[&p.name],
+            )
+            .await
+            .unwrap();
+        if row.as_ref().is_some_and(|r| r.get::<_, bool>(1)) {
+            return u64::MAX; // finished before the kill
+        }
+        let text: Option<String> = row.and_then(|r| r.get(0));
+        let json: serde_json::Value = text.map_or(serde_json::Value::Null, |t| serde_json::from_str(&t).unwrap());
+        json["tables"]["public.big"]["rows"].as_u64().unwrap_or(0)
+    };
+    let mut before = 0;
     for round in 0..3 {
         let mut child = p.spawn_process();
         p.wait_state("snapshotting", WAIT).await;
-        tokio::time::sleep(Duration::from_millis(200 + rand::random::<u64>() % 600)).await;
+        tokio::time::sleep(Duration::from_millis(100 + rand::random::<u64>() % 300)).await;
         child.kill().unwrap();
         child.wait().unwrap();
+        let now = copied().await;
+        assert!(
+            now >= before,
+            "round {round}: the copy went back from {before} to {now} rows; daemon log:\n{}",
+            p.daemon_log()
+        );
+        before = now;
         // Changes between the attempts must neither be lost nor doubled.
         src.execute("INSERT INTO big VALUES ($1, 'between attempts')", &[&(1_000_000 + round)]).await.unwrap();
         src.execute("DELETE FROM big WHERE id = $1", &[&(round + 1)]).await.unwrap();
     }
+    assert!(before > 0, "three rounds copied nothing");
     let mut child = p.spawn_process();
     p.wait_state("snapshotting", WAIT).await;
     src.batch_execute("UPDATE big SET pad = 'during the last snapshot' WHERE id = 100").await.unwrap();

@@ -3,7 +3,7 @@
 //! # Flow
 //! Connect the sink and read the pipeline's checkpoint; connect the source and resolve the
 //! tables; create or extend the target tables. Without a finished snapshot, take one (an
-//! unfinished one is thrown away: target tables emptied, snapshot redone). Then stream:
+//! unfinished one continues from its last copied chunk where it can, see [`copy`]). Then stream:
 //! the source task decodes into a queue bounded by changes ([`tidewater_core::queue`])
 //! while the engine applies; each batch is whatever has accumulated (natural batching,
 //! capped by `max_batch_events` and `max_batch_delay_ms`), applied as one target
@@ -21,17 +21,19 @@ use std::time::{Duration, Instant, SystemTime};
 use backon::BackoffBuilder;
 use futures_util::future::Either;
 use tidewater_core::{
-    ApplyBatch, ApplyReport, Checkpoint, ConnectorError, CopiedTable, ErrorClass, Sink, Source, SourceItem,
-    TableChanges, TableId, TablePlan, Transaction,
+    ApplyBatch, ApplyReport, Checkpoint, ConnectorError, ErrorClass, Sink, Source, SourceItem, TableId, TablePlan,
+    Transaction,
 };
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{OnError, PipelineConfig, RetryPolicy, SnapshotMode, DEFAULT_SNAPSHOT_CHUNK_ROWS};
+use crate::config::{OnError, PipelineConfig, RetryPolicy, SnapshotMode};
 use crate::connectors;
-use crate::status::{PipelineState, PipelineStatus, TableState};
+use crate::status::{PipelineState, PipelineStatus};
 use tidewater_core::batch::BatchBuilder;
 
 use tidewater_core::queue::{self, Queued};
+
+mod copy;
 
 const SNAPSHOT_CHANNEL_CAPACITY: usize = 4;
 /// How often an idle stream loop wakes up to show it is alive (systemd watchdog).
@@ -287,20 +289,21 @@ async fn run_once(
 
     let checkpoint = match checkpoint {
         Some(cp) if cp.snapshot_complete => {
-            backfill(cfg, status, source.as_mut(), sink.as_mut(), &plans, &cp).await?;
+            copy::backfill(cfg, status, shutdown, source.as_mut(), sink.as_mut(), &plans, &cp).await?;
             cp
         }
         unfinished => match cfg.snapshot {
             SnapshotMode::Never => {
                 let position = source.begin_without_snapshot().await?;
-                let cp = Checkpoint { position, snapshot_complete: true };
-                let tables = with_parts(source.as_mut(), &plans, None).await?;
+                let cp = Checkpoint::new(position, true);
+                let tables = copy::with_parts(source.as_mut(), &plans, None).await?;
                 sink.complete_snapshot(&cfg.name, &tables, &cp).await?;
                 cp
             }
             SnapshotMode::Initial => {
                 status.set_state(PipelineState::Snapshotting);
-                snapshot(cfg, status, source.as_mut(), sink.as_mut(), &plans, unfinished.is_some()).await?
+                copy::snapshot(cfg, status, shutdown, source.as_mut(), sink.as_mut(), &plans, unfinished.as_ref())
+                    .await?
             }
         },
     };
@@ -318,161 +321,6 @@ async fn run_once(
         f.applied_position = Some(checkpoint.position.clone());
     }
     stream(cfg, status, shutdown, source.as_mut(), sink.as_mut(), &renames, checkpoint).await
-}
-
-/// Every planned table and each of its parts (partitions), as copied at `position`.
-async fn with_parts(
-    source: &mut dyn Source,
-    plans: &[TablePlan],
-    position: Option<&str>,
-) -> Result<Vec<CopiedTable>, ConnectorError> {
-    let mut out = Vec::new();
-    for plan in plans {
-        out.push(CopiedTable::new(plan.source.id.clone(), position.map(str::to_string)));
-        for part in source.table_parts(&plan.source).await? {
-            out.push(CopiedTable::new(part, position.map(str::to_string)));
-        }
-    }
-    Ok(out)
-}
-
-/// Copies every table from a consistent snapshot; returns the checkpoint streaming
-/// starts from.
-async fn snapshot(
-    cfg: &PipelineConfig,
-    status: &PipelineStatus,
-    source: &mut dyn Source,
-    sink: &mut dyn Sink,
-    plans: &[TablePlan],
-    restart: bool,
-) -> Result<Checkpoint, ConnectorError> {
-    let position = source.begin_snapshot().await?;
-    let pending = Checkpoint { position: position.clone(), snapshot_complete: false };
-    let to_empty: Vec<TableId> = if restart { plans.iter().map(|p| p.target.clone()).collect() } else { Vec::new() };
-    if restart {
-        tracing::info!(pipeline = %cfg.name, "restarting an unfinished snapshot from scratch");
-    }
-    sink.reset_for_snapshot(&cfg.name, &to_empty, &pending).await?;
-    tracing::info!(pipeline = %cfg.name, position = %position, tables = plans.len(), "snapshot started");
-    copy_tables(cfg, status, source, sink, plans.iter(), &pending).await?;
-    let done = Checkpoint { position, snapshot_complete: true };
-    let copied = with_parts(source, plans, None).await?;
-    sink.complete_snapshot(&cfg.name, &copied, &done).await?;
-    tracing::info!(pipeline = %cfg.name, "snapshot complete");
-    Ok(done)
-}
-
-/// Copies what the pipeline's snapshot did not cover: tables added to the configuration
-/// or created under a wildcard since, and partitions attached to a copied partitioned
-/// table since. The source has already published them, so their later changes also
-/// arrive in the stream, which resumes from the unchanged checkpoint; the copy's position
-/// is recorded so that the stream leaves out the changes the copy already holds.
-async fn backfill(
-    cfg: &PipelineConfig,
-    status: &PipelineStatus,
-    source: &mut dyn Source,
-    sink: &mut dyn Sink,
-    plans: &[TablePlan],
-    checkpoint: &Checkpoint,
-) -> Result<(), ConnectorError> {
-    let copied = sink.snapshotted_tables(&cfg.name).await?;
-    let was_copied = |id: &TableId| copied.iter().any(|c| &c.table == id);
-    let new: Vec<&TablePlan> = plans.iter().filter(|p| !was_copied(&p.source.id)).collect();
-    // Partitions attached to tables copied before: their rows (they had rows before
-    // they were attached) go into the table's target.
-    let mut new_parts: Vec<TablePlan> = Vec::new();
-    for plan in plans.iter().filter(|p| was_copied(&p.source.id)) {
-        for part in source.table_parts(&plan.source).await? {
-            if !was_copied(&part) {
-                let mut schema = (*plan.source).clone();
-                schema.id = part;
-                new_parts.push(TablePlan { source: Arc::new(schema), target: plan.target.clone() });
-            }
-        }
-    }
-    if new.is_empty() && new_parts.is_empty() {
-        return Ok(());
-    }
-    let mut position = None;
-    if cfg.snapshot == SnapshotMode::Initial {
-        status.set_state(PipelineState::Snapshotting);
-        tracing::info!(
-            pipeline = %cfg.name,
-            tables = new.len(),
-            partitions = new_parts.len(),
-            "copying tables and partitions the snapshot did not cover"
-        );
-        source.begin_backfill().await?;
-        position = source.backfill_position();
-        // A table without a key cannot take a copy on top of an earlier, interrupted one.
-        let keyless: Vec<TableId> = new.iter().filter(|p| p.source.is_keyless()).map(|p| p.target.clone()).collect();
-        if !keyless.is_empty() {
-            sink.reset_for_snapshot(&cfg.name, &keyless, checkpoint).await?;
-        }
-        copy_tables(cfg, status, source, sink, new.iter().copied().chain(new_parts.iter()), checkpoint).await?;
-    }
-    let mut done =
-        with_parts(source, &new.iter().map(|p| (*p).clone()).collect::<Vec<_>>(), position.as_deref()).await?;
-    done.extend(new_parts.iter().map(|p| CopiedTable::new(p.source.id.clone(), position.clone())));
-    sink.complete_snapshot(&cfg.name, &done, checkpoint).await
-}
-
-/// Reads each table from the source's open snapshot and upserts it into the target in
-/// chunks (reading the next chunk while the previous one is applied).
-async fn copy_tables(
-    cfg: &PipelineConfig,
-    status: &PipelineStatus,
-    source: &mut dyn Source,
-    sink: &mut dyn Sink,
-    plans: impl Iterator<Item = &TablePlan>,
-    checkpoint: &Checkpoint,
-) -> Result<(), ConnectorError> {
-    let plans: Vec<&TablePlan> = plans.collect();
-    for plan in &plans {
-        if let Some(t) = status.figures().table_mut(&plan.source.id.to_string()) {
-            t.state = TableState::Snapshotting;
-            t.rows_copied = 0;
-        }
-    }
-    for plan in plans {
-        let name = plan.source.id.to_string();
-        let estimate = source.estimate_rows(&plan.source).await;
-        if let Some(t) = status.figures().table_mut(&name) {
-            t.rows_estimate = estimate;
-        }
-        let (tx, mut rx) = mpsc::channel(SNAPSHOT_CHANNEL_CAPACITY);
-        let read = async {
-            let result = source.snapshot_table(&plan.source, DEFAULT_SNAPSHOT_CHUNK_ROWS, &tx).await;
-            drop(tx);
-            result
-        };
-        let write = async {
-            let mut rows_total = 0u64;
-            while let Some(chunk) = rx.recv().await {
-                let rows = chunk.rows.len() as u64;
-                let mut batch = ApplyBatch::checkpoint_only(&cfg.name, checkpoint.clone());
-                batch.tables.push(TableChanges::upserts(chunk.table, plan.target.clone(), chunk.rows));
-                let report = apply_once(cfg, status, sink, &batch).await?;
-                status.touch();
-                rows_total += rows;
-                let mut f = status.figures();
-                f.events_applied_total += rows.saturating_sub(report.dead_letters);
-                f.dead_letters_total += report.dead_letters;
-                if let Some(t) = f.table_mut(&name) {
-                    t.rows_copied += rows;
-                }
-            }
-            Ok::<u64, ConnectorError>(rows_total)
-        };
-        let (_, rows) = tokio::try_join!(read, write)?;
-        if let Some(t) = status.figures().table_mut(&name) {
-            t.state = TableState::Streaming;
-            // Without statistics, the copy is the best estimate there is.
-            t.rows_estimate.get_or_insert(rows);
-        }
-        tracing::info!(pipeline = %cfg.name, table = %plan.source.id, rows, "table copied");
-    }
-    Ok(())
 }
 
 /// Stops the source stream when the engine leaves, whatever the reason.

@@ -72,7 +72,7 @@ impl Stream {
         let (tx, rx) = tidewater_core::queue::source_queue(0);
         let (acks, acks_rx) = watch::channel(None);
         let progress = Arc::new(SourceProgress::default());
-        let cp = Checkpoint { position: position.to_string(), snapshot_complete: true };
+        let cp = Checkpoint { position: position.to_string(), snapshot_complete: true, copy_progress: None };
         let handle = src.start_stream(&cp, tx, acks_rx, progress.clone()).await.expect("stream starts");
         Stream { rx, _acks: acks, handle: Some(handle), progress }
     }
@@ -128,10 +128,14 @@ impl Stream {
     }
 }
 
-async fn snapshot_rows(src: &mut MysqlSource, schema: &Arc<tidewater_core::TableSchema>) -> Vec<Vec<Value>> {
+async fn snapshot_rows(
+    src: &mut MysqlSource,
+    schema: &Arc<tidewater_core::TableSchema>,
+    after: Option<&[Value]>,
+) -> Vec<Vec<Value>> {
     let (tx, mut rx) = mpsc::channel::<SnapshotChunk>(16);
     let read = async move {
-        let r = src.snapshot_table(schema, 2, &tx).await;
+        let r = src.snapshot_table(schema, 2, after, &tx).await;
         drop(tx);
         r
     };
@@ -209,7 +213,7 @@ async fn snapshot_and_stream_decode_every_type_identically() {
     assert_eq!(schema.key, vec![0]);
     let position = src.begin_snapshot().await.expect("snapshot");
     assert!(position.contains(" gtid=0-"), "MariaDB positions carry the GTID state: {position}");
-    let mut snap = snapshot_rows(&mut src, &schema).await;
+    let mut snap = snapshot_rows(&mut src, &schema, None).await;
     snap.sort_by_key(|r| format!("{:?}", r[0]));
     assert_eq!(snap.len(), 3);
 
@@ -420,6 +424,36 @@ async fn a_stream_opened_past_an_added_column_decodes_its_values() {
     assert_eq!(after(&tx.events[0])["extra"], Value::Text("x".into()));
 }
 
+/// A snapshot read continues after a given key, in key order, with a composite key whose
+/// text part compares under the column's case-insensitive collation; `resume_snapshot`
+/// takes a position whose binlog file is still on the server and refuses one that is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_read_continues_after_a_key_in_key_order() {
+    let server = mysql_source().await;
+    let db = fresh_mysql_db(server, "srcresume").await;
+    let mut conn = server.connect(&db).await;
+    sql(
+        &mut conn,
+        "CREATE TABLE t (a INT, b VARCHAR(10), v INT, PRIMARY KEY (a, b)) COLLATE utf8mb4_general_ci; \
+         INSERT INTO t VALUES (2,'a',1),(1,'B',2),(1,'a',3),(1,'c',4),(10,'a',5),(3,'a',6)",
+    )
+    .await;
+    let mut src = source(server, &db, &[&format!("{db}.t")]);
+    let schemas = src.prepare().await.expect("prepare");
+    let position = src.begin_snapshot().await.expect("snapshot");
+    let values = |rows: &[Vec<Value>]| rows.iter().map(|r| r[2].clone()).collect::<Vec<_>>();
+    let all = snapshot_rows(&mut src, &schemas[0], None).await;
+    let ints = |v: &[i64]| v.iter().map(|&n| Value::Int(n)).collect::<Vec<_>>();
+    assert_eq!(values(&all), ints(&[3, 2, 4, 1, 6, 5]), "key order (1,a) (1,B) (1,c) (2,a) (3,a) (10,a)");
+    // Continue after (1, 'B'), as a restart after that chunk would, from a new read.
+    let after = vec![all[1][0].clone(), all[1][1].clone()];
+    sql(&mut conn, "INSERT INTO t VALUES (1,'bb',7),(0,'z',8)").await;
+    assert!(src.resume_snapshot(&position).await.expect("resume"), "the binlog of {position} is there");
+    let rest = snapshot_rows(&mut src, &schemas[0], Some(&after)).await;
+    assert_eq!(values(&rest), ints(&[7, 4, 1, 6, 5]), "rows after (1,B) only, the new one included");
+    assert!(!src.resume_snapshot("binlog.999999:4").await.expect("resume answer"), "a purged file is refused");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_transaction_arrives_in_parts_then_whole() {
     let server = mysql_source().await;
@@ -470,7 +504,7 @@ async fn purged_or_unknown_positions_fail_with_the_fix() {
         assert!(e.message.contains("purged past the checkpoint"), "{e}");
         assert!(e.message.contains("tidewater_checkpoints"), "{e}");
     }
-    let cp = Checkpoint { position: "0/1A2B3C".into(), snapshot_complete: true };
+    let cp = Checkpoint { position: "0/1A2B3C".into(), snapshot_complete: true, copy_progress: None };
     let (tx, _rx) = tidewater_core::queue::source_queue(0);
     let (_acks, acks_rx) = watch::channel(None);
     let e = src.start_stream(&cp, tx, acks_rx, Arc::new(SourceProgress::default())).await.err().expect("refused");

@@ -90,7 +90,7 @@ fn batch(position: &str, tables: Vec<TableChanges>) -> ApplyBatch {
         pipeline: "p".into(),
         tables,
         positions: vec![position.into()],
-        checkpoint: Checkpoint { position: position.into(), snapshot_complete: true },
+        checkpoint: Checkpoint { position: position.into(), snapshot_complete: true, copy_progress: None },
     }
 }
 
@@ -197,7 +197,7 @@ async fn sink_applies_every_kind_of_change_idempotently_with_its_checkpoint() {
     );
     assert_eq!(
         sink.load_checkpoint("p").await.unwrap(),
-        Some(Checkpoint { position: "0/10".into(), snapshot_complete: true })
+        Some(Checkpoint { position: "0/10".into(), snapshot_complete: true, copy_progress: None })
     );
 
     // Update with an unchanged TOAST column, key move with an unchanged column, delete.
@@ -230,9 +230,12 @@ async fn sink_applies_every_kind_of_change_idempotently_with_its_checkpoint() {
     assert_eq!(rows(server, &db, "SELECT name, body FROM items").await, ["after truncate|<NULL>"]);
 
     // A checkpoint-only batch moves the checkpoint.
-    sink.apply(&ApplyBatch::checkpoint_only("p", Checkpoint { position: "0/40".into(), snapshot_complete: true }))
-        .await
-        .unwrap();
+    sink.apply(&ApplyBatch::checkpoint_only(
+        "p",
+        Checkpoint { position: "0/40".into(), snapshot_complete: true, copy_progress: None },
+    ))
+    .await
+    .unwrap();
     assert_eq!(sink.load_checkpoint("p").await.unwrap().unwrap().position, "0/40");
     assert_eq!(
         rows(server, &db, "SELECT pipeline, source_position, snapshot_complete FROM tidewater_checkpoints").await,
@@ -594,12 +597,12 @@ async fn snapshot_bookkeeping_and_connection_errors() {
     let s = items();
     sink.ensure_tables(&[plan(&s)]).await.unwrap();
     sink.apply(&batch("0/1", vec![upserts(&s, vec![item(1, "a", Value::Null)])])).await.unwrap();
-    let pending = Checkpoint { position: "0/100".into(), snapshot_complete: false };
+    let pending = Checkpoint { position: "0/100".into(), snapshot_complete: false, copy_progress: None };
     sink.reset_for_snapshot("p", std::slice::from_ref(&s.id), &pending).await.unwrap();
     assert_eq!(rows(server, &db, "SELECT COUNT(*) FROM items").await, ["0"]);
     assert_eq!(sink.load_checkpoint("p").await.unwrap(), Some(pending));
     assert!(sink.snapshotted_tables("p").await.unwrap().is_empty());
-    let done = Checkpoint { position: "0/100".into(), snapshot_complete: true };
+    let done = Checkpoint { position: "0/100".into(), snapshot_complete: true, copy_progress: None };
     let copied = |t: TableId, p: Option<&str>| CopiedTable::new(t, p.map(str::to_string));
     sink.complete_snapshot("p", &[copied(s.id.clone(), None), copied(TableId::new("public", "other"), None)], &done)
         .await

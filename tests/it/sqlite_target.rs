@@ -84,7 +84,7 @@ fn batch(position: &str, tables: Vec<TableChanges>) -> ApplyBatch {
         pipeline: "p".into(),
         tables,
         positions: vec![position.into()],
-        checkpoint: Checkpoint { position: position.into(), snapshot_complete: true },
+        checkpoint: Checkpoint { position: position.into(), snapshot_complete: true, copy_progress: None },
     }
 }
 
@@ -153,7 +153,7 @@ async fn sink_applies_every_kind_of_change_idempotently_with_its_checkpoint() {
     assert_eq!(item_rows(&path).await[0], "1|'n1'|'body 1'|'1.50'|0.25|0|X'0100FF'|'2024-01-02T10:00:00.500000Z'");
     assert_eq!(
         sink.load_checkpoint("p").await.unwrap(),
-        Some(Checkpoint { position: "0/10".into(), snapshot_complete: true })
+        Some(Checkpoint { position: "0/10".into(), snapshot_complete: true, copy_progress: None })
     );
 
     // Update with an unchanged TOAST column, key move with an unchanged column, delete.
@@ -186,9 +186,12 @@ async fn sink_applies_every_kind_of_change_idempotently_with_its_checkpoint() {
     assert_eq!(texts(&path, "SELECT name FROM items").await, ["after truncate"]);
 
     // A checkpoint-only batch moves the checkpoint.
-    sink.apply(&ApplyBatch::checkpoint_only("p", Checkpoint { position: "0/40".into(), snapshot_complete: true }))
-        .await
-        .unwrap();
+    sink.apply(&ApplyBatch::checkpoint_only(
+        "p",
+        Checkpoint { position: "0/40".into(), snapshot_complete: true, copy_progress: None },
+    ))
+    .await
+    .unwrap();
     assert_eq!(sink.load_checkpoint("p").await.unwrap().unwrap().position, "0/40");
     assert_eq!(count(&path, "SELECT count(*) FROM tidewater_checkpoints").await, 1);
 
@@ -340,7 +343,7 @@ async fn sink_snapshot_bookkeeping_and_schema_changes() {
     let (mut sink, path) = new_sink(&dir).await;
     let s = schema("t", vec![column("id", ColumnType::Int32), column("v", ColumnType::Text)], vec![0]);
     sink.ensure_tables(&[plan(&s)]).await.unwrap();
-    let pending = Checkpoint { position: "0/5".into(), snapshot_complete: false };
+    let pending = Checkpoint { position: "0/5".into(), snapshot_complete: false, copy_progress: None };
     sink.reset_for_snapshot("p", &[], &pending).await.unwrap();
     assert_eq!(sink.load_checkpoint("p").await.unwrap(), Some(pending.clone()));
     let mut chunk = batch(
@@ -354,7 +357,7 @@ async fn sink_snapshot_bookkeeping_and_schema_changes() {
     chunk.checkpoint = pending.clone();
     sink.apply(&chunk).await.unwrap();
     assert!(sink.snapshotted_tables("p").await.unwrap().is_empty());
-    let done = Checkpoint { position: "0/5".into(), snapshot_complete: true };
+    let done = Checkpoint { position: "0/5".into(), snapshot_complete: true, copy_progress: None };
     let copied = CopiedTable::new(s.id.clone(), Some("0/4".into()));
     sink.complete_snapshot("p", std::slice::from_ref(&copied), &done).await.unwrap();
     assert_eq!(sink.snapshotted_tables("p").await.unwrap(), vec![copied]);

@@ -204,8 +204,10 @@ max_batch_delay_ms = 20
                 return a;
             }
             if tokio::time::Instant::now() > deadline {
-                let only_src: Vec<_> = a.iter().filter(|r| !b.contains(r)).take(5).collect();
-                let only_dst: Vec<_> = b.iter().filter(|r| !a.contains(r)).take(5).collect();
+                let (sa, sb): (std::collections::HashSet<_>, std::collections::HashSet<_>) =
+                    (a.iter().collect(), b.iter().collect());
+                let only_src: Vec<_> = a.iter().filter(|r| !sb.contains(r)).take(5).collect();
+                let only_dst: Vec<_> = b.iter().filter(|r| !sa.contains(r)).take(5).collect();
                 panic!(
                     "{source_table} did not converge into {target_table} within {timeout:?}: source {} rows, target {} rows; \
                      only in source (first 5): {only_src:?}; only in target (first 5): {only_dst:?}",

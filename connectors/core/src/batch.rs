@@ -337,7 +337,11 @@ impl<'a> BatchBuilder<'a> {
             pipeline: pipeline.to_string(),
             tables,
             positions: self.positions,
-            checkpoint: Checkpoint { position: self.position.unwrap_or_default(), snapshot_complete },
+            checkpoint: Checkpoint {
+                position: self.position.unwrap_or_default(),
+                snapshot_complete,
+                copy_progress: None,
+            },
         }
     }
 }

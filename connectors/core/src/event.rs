@@ -78,9 +78,20 @@ pub struct Transaction {
 }
 
 /// The progress stored in the target, in the same transaction as the data it covers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Checkpoint {
     pub position: String,
-    /// False while the initial snapshot is being copied; a restart then redoes it.
+    /// False while the initial snapshot is being copied; a restart then continues it
+    /// from `copy_progress` (or redoes it when that cannot be done).
     pub snapshot_complete: bool,
+    /// How far an unfinished snapshot has copied each table, as JSON text owned by the
+    /// engine (sinks store and return it unchanged); `None` outside a snapshot.
+    pub copy_progress: Option<String>,
+}
+
+impl Checkpoint {
+    /// A checkpoint at `position` without copy progress.
+    pub fn new(position: impl Into<String>, snapshot_complete: bool) -> Self {
+        Checkpoint { position: position.into(), snapshot_complete, copy_progress: None }
+    }
 }

@@ -124,12 +124,28 @@ pub trait Source: Send {
     }
 
     /// Reads one table from the snapshot, in chunks of about `chunk_rows` rows.
+    ///
+    /// A table with a key is read in key order (each chunk's last row holds the greatest
+    /// key read so far), and with `after` only its rows whose key is greater than `after`
+    /// (key columns in [`TableSchema::key`] order) are read: that is how an interrupted
+    /// copy continues. A table without a key is read in any order and `after` must be
+    /// `None`.
     async fn snapshot_table(
         &mut self,
         table: &Arc<TableSchema>,
         chunk_rows: usize,
+        after: Option<&[Value]>,
         out: &tokio::sync::mpsc::Sender<SnapshotChunk>,
     ) -> Result<(), ConnectorError>;
+
+    /// Reopens a consistent read (like [`Source::begin_backfill`]) to continue an
+    /// interrupted initial snapshot whose stream starts at `position`. Returns `false`,
+    /// opening nothing, when the stream can no longer start there (slot dropped or
+    /// invalidated, binlog purged): the snapshot must then start over.
+    async fn resume_snapshot(&mut self, position: &str) -> Result<bool, ConnectorError> {
+        let _ = position;
+        Ok(false)
+    }
 
     async fn start_stream(
         &mut self,
@@ -627,7 +643,10 @@ mod tests {
         let rows: Vec<Vec<Value>> = (0..37).map(|i| vec![Value::Int(i)]).collect();
         let mut changes = TableChanges::upserts(schema, TableId::new("public", "t"), rows);
         changes.deletes = vec![vec![Value::Int(100)], vec![Value::Int(101)]];
-        let batch = ApplyBatch::checkpoint_only("p", Checkpoint { position: "0/1".into(), snapshot_complete: true });
+        let batch = ApplyBatch::checkpoint_only(
+            "p",
+            Checkpoint { position: "0/1".into(), snapshot_complete: true, copy_progress: None },
+        );
         let poison = |kind: RowKind, i: usize| {
             (kind == RowKind::Upsert && [3, 4, 30].contains(&i)) || (kind == RowKind::Delete && i == 1)
         };

@@ -67,12 +67,20 @@ use crate::tls::MysqlTls;
 const MIGRATIONS: &[(&str, &str)] =
     &[("0001_bookkeeping", include_str!("../../../migrations/mysql/0001_bookkeeping.sql"))];
 /// Migrations that add a column, each run only when `(table, column)` is missing.
-const COLUMN_MIGRATIONS: &[(&str, &str, &str, &str)] = &[(
-    "0002_copied_position",
-    "tidewater_snapshot_tables",
-    "copied_position",
-    include_str!("../../../migrations/mysql/0002_copied_position.sql"),
-)];
+const COLUMN_MIGRATIONS: &[(&str, &str, &str, &str)] = &[
+    (
+        "0002_copied_position",
+        "tidewater_snapshot_tables",
+        "copied_position",
+        include_str!("../../../migrations/mysql/0002_copied_position.sql"),
+    ),
+    (
+        "0003_copy_progress",
+        "tidewater_checkpoints",
+        "copy_progress",
+        include_str!("../../../migrations/mysql/0003_copy_progress.sql"),
+    ),
+];
 
 /// The target schema that means "the database in the URL".
 pub const DEFAULT_SCHEMA: &str = "public";
@@ -387,7 +395,7 @@ impl Sink for MysqlSink {
     async fn load_checkpoint(&mut self, pipeline: &str) -> Result<Option<Checkpoint>, ConnectorError> {
         let (mut conn, _) = self.take_conn().await?;
         let sql = format!(
-            "SELECT source_position, snapshot_complete FROM {}.tidewater_checkpoints WHERE pipeline = ?",
+            "SELECT source_position, snapshot_complete, copy_progress FROM {}.tidewater_checkpoints WHERE pipeline = ?",
             self.bookkeeping
         );
         let result = async {
@@ -400,6 +408,9 @@ impl Sink for MysqlSink {
                     position: text(&row, 0)?,
                     snapshot_complete: row
                         .try_get::<bool, _>(1)
+                        .map_err(|e| sqlx_error("reading the checkpoint from the target", e))?,
+                    copy_progress: row
+                        .try_get::<Option<String>, _>(2)
                         .map_err(|e| sqlx_error("reading the checkpoint from the target", e))?,
                 })),
             }
@@ -767,17 +778,19 @@ async fn commit_with_checkpoint(
 ) -> Result<(), ConnectorError> {
     // Values bound twice rather than VALUES()/row alias: the same text on every flavour.
     let sql = format!(
-        "INSERT INTO {}.tidewater_checkpoints (pipeline, source_position, snapshot_complete, updated_at) \
-         VALUES (?, ?, ?, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE \
-         source_position = ?, snapshot_complete = ?, updated_at = UTC_TIMESTAMP(6)",
+        "INSERT INTO {}.tidewater_checkpoints (pipeline, source_position, snapshot_complete, copy_progress, updated_at) \
+         VALUES (?, ?, ?, ?, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE \
+         source_position = ?, snapshot_complete = ?, copy_progress = ?, updated_at = UTC_TIMESTAMP(6)",
         env.bookkeeping
     );
     let q = sqlx::query(&sql)
         .bind(pipeline)
         .bind(&checkpoint.position)
         .bind(checkpoint.snapshot_complete)
+        .bind(&checkpoint.copy_progress)
         .bind(&checkpoint.position)
-        .bind(checkpoint.snapshot_complete);
+        .bind(checkpoint.snapshot_complete)
+        .bind(&checkpoint.copy_progress);
     run_exec(q, &mut *conn).await.map_err(|e| sqlx_error(format_args!("{what} (writing its checkpoint)"), e))?;
     commit(conn, what).await
 }

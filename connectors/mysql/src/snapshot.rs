@@ -145,19 +145,87 @@ pub async fn open_backfill(conn: &mut Conn, info: &ServerInfo) -> Result<Option<
     }
 }
 
-/// Streams one table out of the open snapshot in chunks of `chunk_rows`.
+/// The chunk query of a table with a key: the next `limit` rows in key order, after a
+/// bound key when `bounded` (as `k1 > ? OR (k1 = ? AND k2 > ?) …`, which every MySQL and
+/// MariaDB version plans as an index range; see [`bound_params`] for the parameters).
+pub fn chunk_sql(table: &TableSchema, bounded: bool, limit: usize) -> String {
+    let columns = table.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
+    let keys: Vec<String> = table.key.iter().map(|&i| quote_ident(&table.columns[i].name)).collect();
+    let mut sql = format!("SELECT {columns} FROM {}", quote_table(&table.id));
+    if bounded {
+        let terms: Vec<String> = (0..keys.len())
+            .map(|n| {
+                let mut parts: Vec<String> = keys[..n].iter().map(|k| format!("{k} = ?")).collect();
+                parts.push(format!("{} > ?", keys[n]));
+                format!("({})", parts.join(" AND "))
+            })
+            .collect();
+        sql.push_str(&format!(" WHERE {}", terms.join(" OR ")));
+    }
+    sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", keys.join(", ")));
+    sql
+}
+
+/// The parameters of [`chunk_sql`]'s bound form for the key `after`.
+pub fn bound_params(after: &[Value]) -> Vec<mysql_async::Value> {
+    (0..after.len()).flat_map(|n| after[..=n].iter().map(key_param)).collect()
+}
+
+/// Streams the rows of `table` (which has a key) whose key is greater than `after` (all
+/// without it) out of the open snapshot, in key order, one statement per chunk.
+async fn read_keyed(
+    conn: &mut Conn,
+    table: &Arc<TableSchema>,
+    kinds: &[ValueKind],
+    chunk_rows: usize,
+    after: Option<&[Value]>,
+    out: &mpsc::Sender<SnapshotChunk>,
+) -> Result<(), ConnectorError> {
+    let what = format!("reading source table {} for the snapshot", table.id);
+    let first = chunk_sql(table, false, chunk_rows);
+    let next = chunk_sql(table, true, chunk_rows);
+    let mut bound: Option<Vec<Value>> = after.map(<[Value]>::to_vec);
+    loop {
+        let rows: Vec<mysql_async::Row> = match &bound {
+            None => conn.exec(first.as_str(), ()).await,
+            Some(key) => conn.exec(next.as_str(), bound_params(key)).await,
+        }
+        .map_err(|e| my_error(&what, e))?;
+        let count = rows.len();
+        let chunk = rows.into_iter().map(|row| decode_row(row, table, kinds, &what)).collect::<Result<Vec<_>, _>>()?;
+        if let Some(last) = chunk.last() {
+            bound = Some(table.key.iter().map(|&i| last[i].clone()).collect());
+        }
+        if !chunk.is_empty() {
+            send(out, table, chunk).await?;
+        }
+        if count < chunk_rows {
+            return Ok(());
+        }
+    }
+}
+
+/// Streams one table out of the open snapshot in chunks of `chunk_rows`: a table with a
+/// key in key order (after `after` when given), one without in any order.
 pub async fn read_table(
     conn: &mut Conn,
     table: &Arc<TableSchema>,
     kinds: &[ValueKind],
     chunk_rows: usize,
+    after: Option<&[Value]>,
     out: &mpsc::Sender<SnapshotChunk>,
 ) -> Result<(), ConnectorError> {
+    let chunk_rows = chunk_rows.max(1);
+    if !table.key.is_empty() {
+        return read_keyed(conn, table, kinds, chunk_rows, after, out).await;
+    }
+    if after.is_some() {
+        return Err(ConnectorError::fatal(format!("{}: a table without a key cannot be read from a key", table.id)));
+    }
     let columns = table.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
     let sql = format!("SELECT {columns} FROM {}", quote_table(&table.id));
     let what = format!("reading source table {} for the snapshot", table.id);
     let mut result = conn.exec_iter(sql.as_str(), ()).await.map_err(|e| my_error(&what, e))?;
-    let chunk_rows = chunk_rows.max(1);
     let mut rows = Vec::with_capacity(chunk_rows);
     while let Some(row) = result.next().await.map_err(|e| my_error(&what, e))? {
         rows.push(decode_row(row, table, kinds, &what)?);

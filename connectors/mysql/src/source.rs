@@ -288,6 +288,21 @@ impl Source for MysqlSource {
         Ok(position.to_string())
     }
 
+    async fn resume_snapshot(&mut self, position: &str) -> Result<bool, ConnectorError> {
+        // The stream can start at `position` while its binlog file is still on the server.
+        let Ok(start) = BinlogPosition::parse(position) else { return Ok(false) };
+        let conn = self.conn().await?;
+        let mut present = false;
+        for row in rows(conn, "SHOW BINARY LOGS", "listing the source binlogs").await? {
+            present |= col::<String>(&row, 0, "SHOW BINARY LOGS")? == start.file;
+        }
+        if !present {
+            return Ok(false);
+        }
+        self.begin_backfill().await?;
+        Ok(true)
+    }
+
     async fn begin_backfill(&mut self) -> Result<(), ConnectorError> {
         self.snapshot = None;
         let info = self.info().await?;
@@ -315,6 +330,7 @@ impl Source for MysqlSource {
         &mut self,
         table: &Arc<TableSchema>,
         chunk_rows: usize,
+        after: Option<&[Value]>,
         out: &mpsc::Sender<SnapshotChunk>,
     ) -> Result<(), ConnectorError> {
         let kinds = self.value_kinds(table)?;
@@ -322,7 +338,7 @@ impl Source for MysqlSource {
             .snapshot
             .as_mut()
             .ok_or_else(|| ConnectorError::fatal("snapshot_table called without begin_snapshot"))?;
-        crate::snapshot::read_table(conn, table, &kinds, chunk_rows, out).await
+        crate::snapshot::read_table(conn, table, &kinds, chunk_rows, after, out).await
     }
 
     async fn start_stream(

@@ -7,6 +7,7 @@ pub mod conn;
 pub mod pgoutput;
 pub mod replication;
 pub mod sink;
+pub mod snapshot;
 pub mod source;
 pub mod sql;
 pub mod tls;

@@ -29,6 +29,7 @@ use crate::sql::{pg_error, quote_ident, quote_table};
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_bookkeeping", include_str!("../../../migrations/postgres/0001_bookkeeping.sql")),
     ("0002_copied_position", include_str!("../../../migrations/postgres/0002_copied_position.sql")),
+    ("0003_copy_progress", include_str!("../../../migrations/postgres/0003_copy_progress.sql")),
 ];
 
 /// A target table's columns: name → type name usable in a cast (no typmod, so that
@@ -116,11 +117,11 @@ impl Sink for PgSink {
         let client = self.take_client().await?;
         let result = client
             .query_opt(
-                "SELECT source_position, snapshot_complete FROM public.tidewater_checkpoints WHERE pipeline = $1",
+                "SELECT source_position, snapshot_complete, copy_progress FROM public.tidewater_checkpoints WHERE pipeline = $1",
                 &[&pipeline],
             )
             .await
-            .map(|row| row.map(|r| Checkpoint { position: r.get(0), snapshot_complete: r.get(1) }))
+            .map(|row| row.map(|r| Checkpoint { position: r.get(0), snapshot_complete: r.get(1), copy_progress: r.get(2) }))
             .map_err(|e| pg_error("reading the checkpoint from the target", e));
         self.put_back(client, result)
     }
@@ -487,12 +488,13 @@ async fn write_checkpoint<C: GenericClient + Sync>(
     pipeline: &str,
     checkpoint: &Checkpoint,
 ) -> Result<(), ConnectorError> {
-    let sql = "INSERT INTO public.tidewater_checkpoints (pipeline, source_position, snapshot_complete, updated_at) \
-               VALUES ($1, $2, $3, now()) ON CONFLICT (pipeline) DO UPDATE SET \
+    let sql = "INSERT INTO public.tidewater_checkpoints \
+               (pipeline, source_position, snapshot_complete, copy_progress, updated_at) \
+               VALUES ($1, $2, $3, $4, now()) ON CONFLICT (pipeline) DO UPDATE SET \
                source_position = EXCLUDED.source_position, snapshot_complete = EXCLUDED.snapshot_complete, \
-               updated_at = now()";
+               copy_progress = EXCLUDED.copy_progress, updated_at = now()";
     let st = statement(tx, state, sql.to_string()).await?;
-    tx.execute(&st, &[&pipeline, &checkpoint.position, &checkpoint.snapshot_complete])
+    tx.execute(&st, &[&pipeline, &checkpoint.position, &checkpoint.snapshot_complete, &checkpoint.copy_progress])
         .await
         .map_err(|e| pg_error("writing the checkpoint", e))?;
     Ok(())

@@ -447,6 +447,26 @@ impl Source for PgSource {
         self.backfill_position.clone()
     }
 
+    async fn resume_snapshot(&mut self, position: &str) -> Result<bool, ConnectorError> {
+        // The slot made with the snapshot still holds the WAL from `position` on when it
+        // exists, is valid, and has not been advanced past it.
+        let Some(start) = parse_lsn(position) else { return Ok(false) };
+        let usable = match self.slot_state().await? {
+            Some(state) => {
+                state.wal_status != "lost"
+                    && state.plugin == "pgoutput"
+                    && state.database == self.cfg.endpoint.database
+                    && state.confirmed_flush.is_none_or(|lsn| lsn <= start)
+            }
+            None => false,
+        };
+        if !usable {
+            return Ok(false);
+        }
+        self.begin_backfill().await?;
+        Ok(true)
+    }
+
     fn set_table_starts(&mut self, starts: HashMap<TableId, String>) {
         self.table_starts = starts.into_iter().filter_map(|(t, p)| parse_lsn(&p).map(|lsn| (t, lsn))).collect();
     }
@@ -469,12 +489,24 @@ impl Source for PgSource {
         &mut self,
         table: &Arc<TableSchema>,
         chunk_rows: usize,
+        after: Option<&[Value]>,
         out: &mpsc::Sender<SnapshotChunk>,
     ) -> Result<(), ConnectorError> {
         let session = self
             .snapshot
             .as_ref()
             .ok_or_else(|| ConnectorError::fatal("snapshot_table called without begin_snapshot"))?;
+        if !table.key.is_empty() {
+            let casts = crate::catalog::cast_types(&session.reader, &table.id).await?;
+            let from = quote_table(&table.id);
+            return crate::snapshot::read_keyed(&session.reader, table, &from, &casts, chunk_rows, after, out).await;
+        }
+        if after.is_some() {
+            return Err(ConnectorError::fatal(format!(
+                "{}: a table without a key cannot be read from a key",
+                table.id
+            )));
+        }
         let columns = table.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
         let partitioned = match self.tables.iter().find(|(id, _)| *id == table.id) {
             Some((_, relid)) => crate::catalog::is_partitioned(&session.reader, *relid).await?,

@@ -67,12 +67,20 @@ use crate::types::{declared_type, format_utc, to_bound, value_from_text, Affinit
 const MIGRATIONS: &[(&str, &str)] =
     &[("0001_bookkeeping", include_str!("../../../migrations/sqlite/0001_bookkeeping.sql"))];
 /// Migrations that add a column, each run only when `(table, column)` is missing.
-const COLUMN_MIGRATIONS: &[(&str, &str, &str, &str)] = &[(
-    "0002_copied_position",
-    "tidewater_snapshot_tables",
-    "copied_position",
-    include_str!("../../../migrations/sqlite/0002_copied_position.sql"),
-)];
+const COLUMN_MIGRATIONS: &[(&str, &str, &str, &str)] = &[
+    (
+        "0002_copied_position",
+        "tidewater_snapshot_tables",
+        "copied_position",
+        include_str!("../../../migrations/sqlite/0002_copied_position.sql"),
+    ),
+    (
+        "0003_copy_progress",
+        "tidewater_checkpoints",
+        "copy_progress",
+        include_str!("../../../migrations/sqlite/0003_copy_progress.sql"),
+    ),
+];
 
 /// How long a write waits for another connection's write lock before `SQLITE_BUSY`.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -286,13 +294,17 @@ impl Sink for SqliteSink {
         let path = self.path.clone();
         let result = async {
             let row =
-                sqlx::query("SELECT source_position, snapshot_complete FROM tidewater_checkpoints WHERE pipeline = ?1")
+                sqlx::query("SELECT source_position, snapshot_complete, copy_progress FROM tidewater_checkpoints WHERE pipeline = ?1")
                     .bind(pipeline)
                     .fetch_optional(&mut conn)
                     .await
                     .map_err(|e| sqlite_error("reading the checkpoint from the target", &path, e))?;
             row.map(|r| {
-                Ok(Checkpoint { position: r.try_get::<String, _>(0)?, snapshot_complete: r.try_get::<i64, _>(1)? != 0 })
+                Ok(Checkpoint {
+                    position: r.try_get::<String, _>(0)?,
+                    snapshot_complete: r.try_get::<i64, _>(1)? != 0,
+                    copy_progress: r.try_get::<Option<String>, _>(2)?,
+                })
             })
             .transpose()
             .map_err(|e: sqlx::Error| not_row_tied(sqlite_error("reading tidewater_checkpoints", &path, e)))
@@ -658,15 +670,16 @@ impl Writer<'_> {
 
     async fn write_checkpoint(&mut self, pipeline: &str, checkpoint: &Checkpoint) -> Result<(), ConnectorError> {
         sqlx::query(
-            "INSERT INTO tidewater_checkpoints (pipeline, source_position, snapshot_complete, updated_at) \
-             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (pipeline) DO UPDATE SET \
+            "INSERT INTO tidewater_checkpoints (pipeline, source_position, snapshot_complete, updated_at, copy_progress) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (pipeline) DO UPDATE SET \
              source_position = excluded.source_position, snapshot_complete = excluded.snapshot_complete, \
-             updated_at = excluded.updated_at",
+             updated_at = excluded.updated_at, copy_progress = excluded.copy_progress",
         )
         .bind(pipeline)
         .bind(&checkpoint.position)
         .bind(i64::from(checkpoint.snapshot_complete))
         .bind(format_utc(chrono::Utc::now()))
+        .bind(&checkpoint.copy_progress)
         .execute(&mut *self.conn)
         .await
         .map_err(|e| not_row_tied(self.err("writing the checkpoint", e)))?;

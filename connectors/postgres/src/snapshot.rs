@@ -1,0 +1,155 @@
+//! Reading a table with a key out of an open snapshot, in key order, one chunk per
+//! statement (keyset pagination: `WHERE (key) > (last key) ORDER BY key LIMIT n`).
+//!
+//! Each chunk's range starts after the greatest key of the chunk before, so a copy
+//! interrupted after any chunk continues from the next key; the key values are bound as
+//! parameters (text, cast to each key column's type on the server).
+
+use std::sync::Arc;
+
+use tidewater_core::{ConnectorError, SnapshotChunk, TableSchema, Value};
+use tokio::sync::mpsc;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Client;
+
+use crate::sql::{pg_error, quote_ident};
+use crate::types::decode_text;
+
+/// The text of the chunk query of `table` read from `from` (a table or a query's FROM
+/// item), with or without the lower bound on the key. Key casts come from `casts`
+/// (column name → `format_type` of its type).
+pub fn chunk_sql(
+    table: &TableSchema,
+    from: &str,
+    casts: &std::collections::HashMap<String, String>,
+    bounded: bool,
+    limit: usize,
+) -> String {
+    // Values as their type's text output, as `COPY` and pgoutput send them: `format('%s')`
+    // calls the output function, where a cast to text would not for every type (`true`
+    // for `t`, an inet with its netmask, a char(n) without its padding); it turns NULL
+    // into '', hence the CASE. The key is named through the table's alias: a bare name
+    // in ORDER BY would mean an output column.
+    let select = table
+        .columns
+        .iter()
+        .map(|c| {
+            let col = format!("r.{}", quote_ident(&c.name));
+            format!("CASE WHEN {col} IS NULL THEN NULL ELSE format('%s', {col}) END")
+        })
+        .collect::<Vec<_>>();
+    let keys: Vec<String> = table.key.iter().map(|&i| format!("r.{}", quote_ident(&table.columns[i].name))).collect();
+    let mut sql = format!("SELECT {} FROM {from} AS r", select.join(", "));
+    if bounded {
+        let params: Vec<String> = table
+            .key
+            .iter()
+            .enumerate()
+            .map(|(n, &i)| {
+                let cast = casts.get(&table.columns[i].name).map_or("text", String::as_str);
+                format!("${}::text::{cast}", n + 1)
+            })
+            .collect();
+        sql.push_str(&format!(" WHERE ({}) > ({})", keys.join(", "), params.join(", ")));
+    }
+    sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", keys.join(", ")));
+    sql
+}
+
+/// Sends the rows of `table` (which has a key) whose key is greater than `after` (all
+/// rows without it), in key order, in chunks of `chunk_rows`.
+pub async fn read_keyed(
+    reader: &Client,
+    table: &Arc<TableSchema>,
+    from: &str,
+    casts: &std::collections::HashMap<String, String>,
+    chunk_rows: usize,
+    after: Option<&[Value]>,
+    out: &mpsc::Sender<SnapshotChunk>,
+) -> Result<(), ConnectorError> {
+    let chunk_rows = chunk_rows.max(1);
+    let what = || format!("copying {}", table.id);
+    let first =
+        reader.prepare(&chunk_sql(table, from, casts, false, chunk_rows)).await.map_err(|e| pg_error(what(), e))?;
+    let next =
+        reader.prepare(&chunk_sql(table, from, casts, true, chunk_rows)).await.map_err(|e| pg_error(what(), e))?;
+    let mut bound: Option<Vec<Option<String>>> = after.map(|key| key.iter().map(Value::to_pg_text).collect());
+    loop {
+        let rows = match &bound {
+            None => reader.query(&first, &[]).await,
+            Some(key) => {
+                let params: Vec<&(dyn ToSql + Sync)> = key.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
+                reader.query(&next, &params).await
+            }
+        }
+        .map_err(|e| pg_error(what(), e))?;
+        let count = rows.len();
+        let mut chunk = Vec::with_capacity(count);
+        for row in &rows {
+            let values = table
+                .columns
+                .iter()
+                .enumerate()
+                .map(|(i, column)| match row.get::<_, Option<&str>>(i) {
+                    None => Ok(Value::Null),
+                    Some(text) => decode_text(&column.kind, text.as_bytes()).map_err(|e| {
+                        ConnectorError::fatal(format!("snapshot of {}: column {}: {e}", table.id, column.name))
+                    }),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            chunk.push(values);
+        }
+        if let Some(last) = rows.last() {
+            bound = Some(table.key.iter().map(|&i| last.get::<_, Option<String>>(i)).collect());
+        }
+        if !chunk.is_empty() {
+            out.send(SnapshotChunk { table: table.clone(), rows: chunk })
+                .await
+                .map_err(|_| ConnectorError::transient("snapshot consumer stopped"))?;
+        }
+        if count < chunk_rows {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidewater_core::{Column, ColumnType, TableId};
+
+    fn column(name: &str) -> Column {
+        Column {
+            name: name.into(),
+            kind: ColumnType::Int64,
+            native_type: "bigint".into(),
+            nullable: false,
+            existing_rows_value: None,
+        }
+    }
+
+    #[test]
+    fn chunk_queries_page_by_the_whole_key_with_bound_values() {
+        let table = TableSchema {
+            id: TableId::new("s", "t"),
+            columns: vec![column("a"), column("Val"), column("b")],
+            engine: tidewater_core::Engine::Postgres,
+            key: vec![0, 2],
+            enum_labels: Vec::new(),
+        };
+        let casts = [("a".to_string(), "bigint".to_string()), ("b".to_string(), "text".to_string())].into();
+        let out = |c: &str| format!("CASE WHEN r.\"{c}\" IS NULL THEN NULL ELSE format('%s', r.\"{c}\") END");
+        let (a, val, b) = (out("a"), out("Val"), out("b"));
+        assert_eq!(
+            chunk_sql(&table, "\"s\".\"t\"", &casts, false, 10),
+            format!("SELECT {a}, {val}, {b} FROM \"s\".\"t\" AS r ORDER BY r.\"a\", r.\"b\" LIMIT 10")
+        );
+        assert_eq!(
+            chunk_sql(&table, "\"s\".\"t\"", &casts, true, 10),
+            format!(
+                "SELECT {a}, {val}, {b} FROM \"s\".\"t\" AS r \
+             WHERE (r.\"a\", r.\"b\") > ($1::text::bigint, $2::text::text) ORDER BY r.\"a\", r.\"b\" LIMIT 10"
+            )
+        );
+    }
+}
