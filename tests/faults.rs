@@ -65,8 +65,11 @@ async fn kill_9_during_the_initial_snapshot_restarts_it_without_gap_or_duplicate
     let p = TestPipeline::new(
         "snapkill",
         "CREATE TABLE big (id int PRIMARY KEY, pad text); \
-         INSERT INTO big SELECT g, repeat(md5(g::text), 6) FROM generate_series(1, 300000) g;",
-        &["public.big"],
+         INSERT INTO big SELECT g, repeat(md5(g::text), 6) FROM generate_series(1, 300000) g; \
+         CREATE TABLE audit (n int, pad text); ALTER TABLE audit REPLICA IDENTITY FULL; \
+         INSERT INTO audit SELECT g % 50000, repeat(md5(g::text), 6) FROM generate_series(1, 100000) g; \
+         INSERT INTO audit SELECT 7, 'twin' FROM generate_series(1, 2);",
+        &["public.big", "public.audit"],
     )
     .await;
     let src = p.source_client().await;
@@ -104,6 +107,8 @@ async fn kill_9_during_the_initial_snapshot_restarts_it_without_gap_or_duplicate
         // Changes between the attempts must neither be lost nor doubled.
         src.execute("INSERT INTO big VALUES ($1, 'between attempts')", &[&(1_000_000 + round)]).await.unwrap();
         src.execute("DELETE FROM big WHERE id = $1", &[&(round + 1)]).await.unwrap();
+        // A table without a key: an unfinished copy starts again, never doubling a row.
+        src.execute("INSERT INTO audit VALUES ($1, 'between attempts')", &[&round]).await.unwrap();
     }
     assert!(before > 0, "three rounds copied nothing");
     let mut child = p.spawn_process();
@@ -113,6 +118,9 @@ async fn kill_9_during_the_initial_snapshot_restarts_it_without_gap_or_duplicate
     src.batch_execute("INSERT INTO big VALUES (2000000, 'after')").await.unwrap();
     let rows = p.wait_converged("big", "big", WAIT).await;
     assert_eq!(rows.len(), 300000 - 3 + 3 + 1);
+    // Duplicates kept (equal rows), none added.
+    let audit = p.wait_converged("audit", "audit", WAIT).await;
+    assert_eq!(audit.len(), 100000 + 2 + 3);
     child.kill().unwrap();
     child.wait().unwrap();
 }
