@@ -1,4 +1,4 @@
-//! Command line: `run`, `check`, `status`, `verify`, `dlq list|replay`.
+//! Command line: `run`, `check`, `status`, `verify`, `resync`, `dlq list|replay`.
 //!
 //! Exit codes: 0 success, 1 a failure the user must fix, 2 bad usage (clap's own).
 
@@ -53,6 +53,17 @@ pub enum Command {
         #[arg(long)]
         pipeline: Option<String>,
     },
+    /// Copy one table again while the pipeline keeps streaming (asks the running daemon,
+    /// at the configuration's `status.listen`, with its `status.token_file`).
+    Resync {
+        #[arg(long, env = "TIDEWATER_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        #[arg(long)]
+        pipeline: String,
+        /// The source table, as `schema.table` (MySQL: `db.table`).
+        #[arg(long)]
+        table: String,
+    },
     /// Inspect and replay dead letters.
     Dlq {
         #[command(subcommand)]
@@ -104,9 +115,69 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         Command::Check { config, offline } => check(&config, offline).await,
         Command::Status { url, json, token_file } => status(&url, json, token_file.as_deref()).await,
         Command::Verify { config, pipeline } => verify(&config, pipeline.as_deref()).await,
+        Command::Resync { config, pipeline, table } => resync(&config, &pipeline, &table).await,
         Command::Dlq { command: DlqCommand::List { config, pipeline } } => dlq_list(&config, pipeline.as_deref()).await,
         Command::Dlq { command: DlqCommand::Replay { config, pipeline, id } } => {
             dlq_replay(&config, pipeline.as_deref(), id).await
+        }
+    }
+}
+
+/// `tidewater resync`: `POST /pipelines/NAME/resync` to the running daemon.
+async fn resync(path: &std::path::Path, pipeline: &str, table: &str) -> ExitCode {
+    let cfg = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if !cfg.pipelines.iter().any(|p| p.name == pipeline) {
+        let names = cfg.pipelines.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
+        eprintln!("no pipeline named {pipeline:?} in {} (its pipelines: {names})", path.display());
+        return ExitCode::from(1);
+    }
+    let token = match cfg.status_token_file.as_deref().map(config::read_token).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("status.token_file: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let addr = cfg.status_listen;
+    let host = if addr.ip().is_unspecified() {
+        match addr {
+            std::net::SocketAddr::V4(_) => format!("127.0.0.1:{}", addr.port()),
+            std::net::SocketAddr::V6(_) => format!("[::1]:{}", addr.port()),
+        }
+    } else {
+        addr.to_string()
+    };
+    let url = format!("http://{host}/pipelines/{pipeline}/resync");
+    let body = serde_json::json!({ "table": table }).to_string();
+    match crate::http_request("POST", &url, token.as_deref(), Some(&body)).await {
+        Ok((202, _, _)) => {
+            println!(
+                "resyncing {table} in pipeline {pipeline}: follow it in `tidewater status` (the table shows \
+                 `resyncing` and its rows copied until it is done)"
+            );
+            ExitCode::SUCCESS
+        }
+        Ok((code, line, body)) => {
+            let message = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or_else(|| body.trim().to_string());
+            if code == 401 {
+                eprintln!("the daemon at {host} refused the request ({line}): its status.token_file differs from this configuration's");
+            } else {
+                eprintln!("resync refused: {message}");
+            }
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!(
+                "cannot reach the daemon's status server at {host} ({e}): is `tidewater run` running with this \
+                 configuration? A resync is done by the running daemon."
+            );
+            ExitCode::from(1)
         }
     }
 }

@@ -148,6 +148,8 @@ pub struct RawPipeline {
     /// Upper bound on how long a batch may keep collecting while the source still has
     /// changes ready; batches never wait for changes that have not arrived.
     pub max_batch_delay_ms: Option<u64>,
+    /// Pause between the chunks of a resync (throttle for a busy source).
+    pub resync_pause_ms: Option<u64>,
     pub slot: Option<String>,
     pub publication: Option<String>,
     /// Renames, `"schema.table" = "schema.table"`: a configured source table (listed, or
@@ -282,6 +284,8 @@ pub struct PipelineConfig {
     pub on_error: OnError,
     pub max_batch_events: usize,
     pub max_batch_delay_ms: u64,
+    /// Pause between the chunks a resync reads (0: none).
+    pub resync_pause_ms: u64,
     pub slot: String,
     pub publication: String,
     pub renames: BTreeMap<String, String>,
@@ -736,6 +740,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
                 on_error,
                 max_batch_events: max_batch_events.max(1),
                 max_batch_delay_ms: p.max_batch_delay_ms.unwrap_or(DEFAULT_MAX_BATCH_DELAY_MS),
+                resync_pause_ms: p.resync_pause_ms.unwrap_or(0),
                 slot,
                 publication,
                 renames: p.tables.clone(),

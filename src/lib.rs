@@ -239,6 +239,21 @@ pub async fn http_get(url: &str) -> Result<String, String> {
 
 /// [`http_get`] with an optional bearer token.
 pub async fn http_get_with_token(url: &str, token: Option<&str>) -> Result<String, String> {
+    let (code, status_line, body) = http_request("GET", url, token, None).await?;
+    if code != 200 {
+        return Err(format!("HTTP {status_line}"));
+    }
+    Ok(body)
+}
+
+/// A minimal HTTP/1.1 request with an optional bearer token and JSON body; returns the
+/// status code, the status line and the body.
+pub async fn http_request(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    json: Option<&str>,
+) -> Result<(u16, String, String), String> {
     let rest = url.strip_prefix("http://").ok_or("only http:// URLs are supported")?;
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -250,7 +265,11 @@ pub async fn http_get_with_token(url: &str, token: Option<&str>) -> Result<Strin
         .map_err(|_| "connection timed out".to_string())?
         .map_err(|e| e.to_string())?;
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {hostport}\r\n{auth}Connection: close\r\n\r\n");
+    let body = json.map(|j| format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{j}", j.len()));
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\n{auth}Connection: close\r\n{}",
+        body.unwrap_or_else(|| "\r\n".into())
+    );
     stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
     let mut response = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
@@ -260,8 +279,7 @@ pub async fn http_get_with_token(url: &str, token: Option<&str>) -> Result<Strin
     let text = String::from_utf8_lossy(&response);
     let (head, body) = text.split_once("\r\n\r\n").ok_or("malformed HTTP response")?;
     let status_line = head.lines().next().unwrap_or_default();
-    if !status_line.contains(" 200 ") {
-        return Err(format!("HTTP {status_line}"));
-    }
-    Ok(body.to_string())
+    let code =
+        status_line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("malformed HTTP status line")?;
+    Ok((code, status_line.to_string(), body.to_string()))
 }

@@ -34,6 +34,7 @@ use tidewater_core::batch::BatchBuilder;
 use tidewater_core::queue::{self, Queued};
 
 mod copy;
+mod resync;
 
 const SNAPSHOT_CHANNEL_CAPACITY: usize = 4;
 /// How often an idle stream loop wakes up to show it is alive (systemd watchdog).
@@ -283,7 +284,9 @@ async fn run_once(
     let mut source = connectors::source(cfg)?;
     let schemas = source.prepare().await?;
     let (plans, renames) = plans(cfg, schemas);
-    status.figures().set_tables(plans.iter().map(|p| (p.source.id.to_string(), p.target.to_string())));
+    status
+        .figures()
+        .set_tables(plans.iter().map(|p| (p.source.id.to_string(), p.target.to_string(), p.source.is_keyless())));
     check_landing(cfg, &plans)?;
     sink.ensure_tables(&plans).await?;
 
@@ -320,7 +323,7 @@ async fn run_once(
         let mut f = status.figures();
         f.applied_position = Some(checkpoint.position.clone());
     }
-    stream(cfg, status, shutdown, source.as_mut(), sink.as_mut(), &renames, checkpoint).await
+    stream(cfg, status, shutdown, source.as_mut(), sink.as_mut(), &plans, &renames, checkpoint).await
 }
 
 /// Stops the source stream when the engine leaves, whatever the reason.
@@ -332,12 +335,22 @@ impl Drop for StreamGuard {
     }
 }
 
+/// What the idle stream loop woke up for.
+enum Wake {
+    Item(Option<Queued>),
+    Shutdown,
+    ResyncChunk(Result<(), ConnectorError>),
+    Tick,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn stream(
     cfg: &PipelineConfig,
-    status: &PipelineStatus,
+    status: &Arc<PipelineStatus>,
     shutdown: &mut watch::Receiver<bool>,
     source: &mut dyn Source,
     sink: &mut dyn Sink,
+    plans: &[TablePlan],
     renames: &HashMap<TableId, TableId>,
     checkpoint: Checkpoint,
 ) -> Result<(), ConnectorError> {
@@ -346,6 +359,12 @@ async fn stream(
     let mut handle = StreamGuard(source.start_stream(&checkpoint, items_tx, acks_rx, status.progress.clone()).await?);
     status.set_state(PipelineState::Streaming);
     let max_delay = Duration::from_millis(cfg.max_batch_delay_ms);
+    // Tables resynced while streaming; see [`resync`].
+    let mut resyncs = resync::Resyncs::new(&checkpoint, plans);
+    let order = source.position_order();
+    resyncs.start_next(cfg, status)?;
+    // The position of the last target commit.
+    let mut applied_at = checkpoint.position.clone();
     // An item taken while batching that must start a batch of its own.
     let mut carried: Option<Queued> = None;
     loop {
@@ -353,14 +372,40 @@ async fn stream(
             return Ok(());
         }
         status.touch();
+        if resyncs.take_requests(cfg, status) {
+            // Recorded at once, so that a restart continues the resync.
+            let recorded = Checkpoint {
+                position: applied_at.clone(),
+                snapshot_complete: true,
+                copy_progress: resyncs.progress_text(),
+            };
+            let batch = ApplyBatch::checkpoint_only(&cfg.name, recorded);
+            if apply_with_retry(cfg, status, shutdown, sink, &batch).await?.is_none() {
+                return Ok(());
+            }
+            resyncs.start_next(cfg, status)?;
+        }
         let first = match carried.take() {
             Some(item) => Some(item),
-            None => tokio::select! {
-                item = items.recv() => item,
-                _ = shutdown.changed() => return Ok(()),
-                // Idle: wake up now and then to show the loop is not wedged.
-                _ = tokio::time::sleep(IDLE_TICK) => continue,
-            },
+            None => {
+                let wake = tokio::select! {
+                    item = items.recv() => Wake::Item(item),
+                    _ = shutdown.changed() => Wake::Shutdown,
+                    received = resyncs.receive() => Wake::ResyncChunk(received),
+                    // Idle: wake up now and then to show the loop is not wedged.
+                    _ = tokio::time::sleep(IDLE_TICK) => Wake::Tick,
+                };
+                match wake {
+                    Wake::Item(item) => item,
+                    Wake::Shutdown => return Ok(()),
+                    Wake::ResyncChunk(received) => {
+                        received?;
+                        resyncs.apply_ready(cfg, status, shutdown, order, sink, &applied_at).await?;
+                        continue;
+                    }
+                    Wake::Tick => continue,
+                }
+            }
         };
         let Some(first) = first else {
             {
@@ -376,9 +421,12 @@ async fn stream(
         }
         let first = match first {
             Queued { item: SourceItem::TransactionPart(part), permit } => {
-                let applied = apply_large(cfg, status, sink, renames, part, &mut items, &mut handle).await?;
+                let applied =
+                    apply_large(cfg, status, sink, renames, part, &mut items, &mut handle, &mut resyncs).await?;
+                applied_at.clone_from(&applied.position);
                 record_applied(status, &acks, applied);
                 drop(permit);
+                resyncs.apply_ready(cfg, status, shutdown, order, sink, &applied_at).await?;
                 continue;
             }
             other => other,
@@ -415,14 +463,18 @@ async fn stream(
         }
         note_pending(status, batch.oldest_commit);
         let (events, transactions) = (batch.events as u64, batch.transactions as u64);
-        let apply = batch.finish(&cfg.name, true);
+        let mut apply = batch.finish(&cfg.name, true);
+        apply.checkpoint.copy_progress = resyncs.progress_text();
         let Some((report, apply_seconds)) = apply_with_retry(cfg, status, shutdown, sink, &apply).await? else {
             return Ok(()); // shutdown while retrying: nothing partial was committed
         };
+        resyncs.note_batch(&apply, false);
         let position = apply.checkpoint.position.clone();
+        applied_at.clone_from(&position);
         let dead_letters = report.dead_letters;
         record_applied(status, &acks, Applied { position, events, transactions, dead_letters, apply_seconds });
         drop(held);
+        resyncs.apply_ready(cfg, status, shutdown, order, sink, &applied_at).await?;
     }
 }
 
@@ -488,6 +540,7 @@ async fn stream_end(handle: &mut StreamGuard) -> ConnectorError {
 /// a part, the next one is received and turned into a batch on the blocking pool. Any
 /// failure rolls the whole target transaction back; a transient one restarts the stream
 /// from the checkpoint (the source sends the transaction again).
+#[allow(clippy::too_many_arguments)]
 async fn apply_large(
     cfg: &PipelineConfig,
     status: &PipelineStatus,
@@ -496,6 +549,7 @@ async fn apply_large(
     first: tidewater_core::TransactionPart,
     items: &mut mpsc::Receiver<Queued>,
     handle: &mut StreamGuard,
+    resyncs: &mut resync::Resyncs,
 ) -> Result<Applied, ConnectorError> {
     let isolate = cfg.on_error == OnError::DeadLetter;
     let started = Instant::now();
@@ -509,6 +563,7 @@ async fn apply_large(
             let applying = sink.apply_part(&apply, isolate);
             let receiving = next_piece(&cfg.name, &renames, items);
             let (report, next) = apply_and(applying, receiving).await.map_err(|e| stop_on_event(cfg, e))?;
+            resyncs.note_batch(&apply, true);
             dead_letters += report.dead_letters;
             status.touch();
             drop(part); // releases its memory budget to the source
@@ -517,8 +572,11 @@ async fn apply_large(
                     (part, apply) = (p, batch);
                     events += n;
                 }
-                Piece::Last(n, last) => {
+                Piece::Last(n, mut last) => {
+                    last.checkpoint.copy_progress = resyncs.progress_text();
                     let report = sink.commit_large(&last, isolate).await.map_err(|e| stop_on_event(cfg, e))?;
+                    resyncs.note_batch(&last, true);
+                    resyncs.note_commit(&last.checkpoint.position);
                     dead_letters += report.dead_letters;
                     return Ok(Applied {
                         position: last.checkpoint.position,
@@ -535,6 +593,7 @@ async fn apply_large(
     .await;
     if result.is_err() {
         sink.abort_large().await;
+        resyncs.note_abort();
     }
     result
 }

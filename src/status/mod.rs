@@ -87,6 +87,9 @@ pub struct TableJson {
     /// The last error about this table: a failure naming it, or a row of it the target
     /// rejected (dead-lettered).
     pub last_error: Option<String>,
+    /// The table has no key (it cannot be resynced by key range).
+    #[serde(skip)]
+    pub keyless: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -123,15 +126,15 @@ impl Figures {
         self.tables.iter_mut().find(|t| t.name == name)
     }
 
-    /// Replaces the table list with `tables` (source, target) pairs, keeping the figures
-    /// of tables that were listed before; every table starts as `streaming` (a copy marks
-    /// its tables `snapshotting` when it begins).
-    pub fn set_tables(&mut self, tables: impl IntoIterator<Item = (String, String)>) {
+    /// Replaces the table list with `tables` (source, target, keyless), keeping the
+    /// figures of tables that were listed before; every table starts as `streaming` (a
+    /// copy marks its tables `snapshotting` when it begins).
+    pub fn set_tables(&mut self, tables: impl IntoIterator<Item = (String, String, bool)>) {
         let old = std::mem::take(&mut self.tables);
         self.tables = tables
             .into_iter()
-            .map(|(name, target)| match old.iter().find(|t| t.name == name) {
-                Some(t) => TableJson { target, state: TableState::Streaming, ..t.clone() },
+            .map(|(name, target, keyless)| match old.iter().find(|t| t.name == name) {
+                Some(t) => TableJson { target, state: TableState::Streaming, keyless, ..t.clone() },
                 None => TableJson {
                     name,
                     target,
@@ -139,6 +142,7 @@ impl Figures {
                     rows_copied: 0,
                     rows_estimate: None,
                     last_error: None,
+                    keyless,
                 },
             })
             .collect();
@@ -229,6 +233,9 @@ pub struct PipelineStatus {
     pub name: String,
     figures: Mutex<Figures>,
     pub progress: Arc<SourceProgress>,
+    /// Tables asked to be resynced (`POST /pipelines/NAME/resync`), not yet taken by
+    /// the pipeline's task.
+    resync_requests: Mutex<Vec<String>>,
 }
 
 impl PipelineStatus {
@@ -253,7 +260,18 @@ impl PipelineStatus {
                 tables: Vec::new(),
             }),
             progress: Arc::new(SourceProgress::default()),
+            resync_requests: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Asks the pipeline to resync source table `table` (as `/status` names it).
+    pub fn request_resync(&self, table: &str) {
+        self.resync_requests.lock().unwrap_or_else(|p| p.into_inner()).push(table.to_string());
+    }
+
+    /// The resync requests made since the last call.
+    pub fn take_resync_requests(&self) -> Vec<String> {
+        std::mem::take(&mut *self.resync_requests.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The figures, for reading or updating. A poisoned lock (a panic elsewhere while
@@ -376,6 +394,7 @@ pub fn router(registry: Arc<Registry>, token: Option<String>) -> Router {
         .route("/status", get(status))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/pipelines/{name}/resync", axum::routing::post(resync))
         .route_layer(axum::middleware::from_fn(
             move |request: axum::extract::Request, next: axum::middleware::Next| {
                 let token = token.clone();
@@ -418,6 +437,86 @@ async fn dashboard() -> impl IntoResponse {
 
 async fn status(State(registry): State<Arc<Registry>>) -> Json<StatusJson> {
     Json(registry.json())
+}
+
+/// `POST /pipelines/NAME/resync` with `{"table": "schema.table"}`: 202 when the
+/// pipeline will resync the table, 404 for an unknown pipeline or table, 409 when the
+/// table cannot be resynced, 400 for a malformed body. Errors are JSON `{"error": …}`.
+async fn resync(
+    State(registry): State<Arc<Registry>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    let error =
+        |code: StatusCode, message: String| (code, Json(serde_json::json!({ "error": message }))).into_response();
+    let table = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(v) => match v.get("table").and_then(|t| t.as_str()) {
+            Some(t) => t.to_string(),
+            None => return error(StatusCode::BAD_REQUEST, "the body must be {\"table\": \"schema.table\"}".into()),
+        },
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not JSON ({e}): send {{\"table\": \"schema.table\"}}"),
+            )
+        }
+    };
+    let Some(pipeline) = registry.pipelines().into_iter().find(|p| p.name == name) else {
+        return error(StatusCode::NOT_FOUND, format!("no pipeline named {name:?}"));
+    };
+    let (found, state) = {
+        let f = pipeline.figures();
+        (resync_target(&f.tables, &table), f.state)
+    };
+    let entry = match found {
+        Ok(entry) => entry,
+        Err(message) => return error(StatusCode::NOT_FOUND, format!("pipeline {name}: {message}")),
+    };
+    if entry.keyless {
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "{} has no primary key (or replica identity index): a resync replaces the target's rows key range by key \
+                 range; give the table a key, or delete the pipeline's row from tidewater_checkpoints to copy everything again",
+                entry.name
+            ),
+        );
+    }
+    if matches!(state, PipelineState::Failed | PipelineState::Stopped) {
+        return error(
+            StatusCode::CONFLICT,
+            format!("pipeline {name} is {}: fix it and restart the daemon, then resync", state.as_str()),
+        );
+    }
+    pipeline.request_resync(&entry.name);
+    if let Some(t) = pipeline.figures().table_mut(&entry.name) {
+        t.state = TableState::Resyncing;
+        t.rows_copied = 0;
+    }
+    (StatusCode::ACCEPTED, Json(serde_json::json!({ "pipeline": name, "table": entry.name, "state": "resyncing" })))
+        .into_response()
+}
+
+/// The table of `tables` that `given` names: its source name exactly, or without the
+/// schema when only one table has that name.
+fn resync_target(tables: &[TableJson], given: &str) -> Result<TableJson, String> {
+    let given = given.trim();
+    if let Some(t) = tables.iter().find(|t| t.name == given) {
+        return Ok(t.clone());
+    }
+    let unquoted = given.replace(['"', '`'], "");
+    let matches: Vec<&TableJson> = tables
+        .iter()
+        .filter(|t| t.name == unquoted || t.name.rsplit_once('.').is_some_and(|(_, n)| n == unquoted))
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(format!(
+            "no table {given:?} (its tables: {})",
+            tables.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+        )),
+        _ => Err(format!("{given:?} names several tables: give it as schema.table")),
+    }
 }
 
 async fn readyz(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
@@ -615,13 +714,16 @@ mod tests {
     #[test]
     fn table_errors_go_to_the_tables_they_name() {
         let mut f = PipelineStatus::new("p").figures().clone();
-        f.set_tables([("public.t".to_string(), "replica.t".to_string()), ("public.t2".into(), "replica.t2".into())]);
+        f.set_tables([
+            ("public.t".to_string(), "replica.t".to_string(), false),
+            ("public.t2".into(), "replica.t2".into(), false),
+        ]);
         f.note_table_error("writing to replica.t2: value too long", true);
         assert_eq!(f.tables[0].last_error, None);
         assert_eq!(f.tables[1].state, TableState::Failed);
         // A new plan keeps the figures and starts the tables streaming again.
         f.tables[1].rows_copied = 7;
-        f.set_tables([("public.t2".to_string(), "replica.t2".to_string())]);
+        f.set_tables([("public.t2".to_string(), "replica.t2".to_string(), false)]);
         assert_eq!(f.tables.len(), 1);
         assert_eq!((f.tables[0].state, f.tables[0].rows_copied), (TableState::Streaming, 7));
     }
@@ -629,7 +731,7 @@ mod tests {
     #[test]
     fn table_metrics_are_labelled_by_table() {
         let status = PipelineStatus::new("p");
-        status.figures().set_tables([("public.t".to_string(), "replica.t".to_string())]);
+        status.figures().set_tables([("public.t".to_string(), "replica.t".to_string(), false)]);
         status.figures().tables[0].rows_copied = 3;
         let text = render_metrics(&Registry::new(vec![status]));
         assert!(text.contains("tidewater_table_rows_copied{pipeline=\"p\",table=\"public.t\"} 3"), "{text}");

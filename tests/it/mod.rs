@@ -17,6 +17,7 @@ mod pg_sync;
 mod pg_tables;
 mod pg_tls;
 mod pg_types;
+mod resync;
 mod schema_changes;
 mod sqlite_target;
 mod unit_setup;

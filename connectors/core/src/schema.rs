@@ -136,6 +136,35 @@ pub enum ColumnType {
     Other,
 }
 
+impl ColumnType {
+    /// Text of any length, compared by its bytes where key ranges must agree.
+    pub fn is_text_like(&self) -> bool {
+        matches!(self, ColumnType::Text | ColumnType::Varchar(_) | ColumnType::Char(_))
+    }
+
+    /// Values of this type sort the same way in every source and target (text compared by
+    /// its bytes, as the resync reads and clears key ranges), so a key range read from a
+    /// source names the same rows in any target. Not so for floats (NaN, -0), decimals (a
+    /// SQLite target stores them as text), times, intervals, JSON, arrays and enums (by
+    /// label order in the source, by name in a target).
+    pub fn orders_alike_everywhere(&self) -> bool {
+        self.is_text_like()
+            || matches!(
+                self,
+                ColumnType::Bool
+                    | ColumnType::Int16
+                    | ColumnType::Int32
+                    | ColumnType::Int64
+                    | ColumnType::UInt64
+                    | ColumnType::Bytes
+                    | ColumnType::Uuid
+                    | ColumnType::Date
+                    | ColumnType::Timestamp
+                    | ColumnType::TimestampTz
+            )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {
     pub name: String,

@@ -68,6 +68,9 @@ impl StreamHandle {
     }
 }
 
+/// See [`Source::position_order`].
+pub type PositionOrder = fn(&str, &str) -> Option<std::cmp::Ordering>;
+
 /// A change source.
 ///
 /// Contract:
@@ -147,6 +150,28 @@ pub trait Source: Send {
         Ok(false)
     }
 
+    /// Reads one chunk of `table` (which has a key) for a resync, from a read of its own
+    /// whose source position is exact: the first `chunk_rows` rows whose key is greater
+    /// than `after` (from the first row without it), in key order with text key columns
+    /// compared by their bytes (see [`crate::KeyRange`]). Returns the read's position
+    /// (every transaction at or before it is in the rows, none after) and the rows. Then
+    /// makes sure the stream soon passes that position even on an idle source.
+    async fn resync_chunk(
+        &mut self,
+        table: &Arc<TableSchema>,
+        chunk_rows: usize,
+        after: Option<&[Value]>,
+    ) -> Result<(String, Vec<Vec<Value>>), ConnectorError> {
+        let _ = (chunk_rows, after);
+        Err(ConnectorError::fatal(format!("this source cannot resync a table ({})", table.id)))
+    }
+
+    /// How two positions of this source's stream compare (`None` when either is not
+    /// one), as a plain function that outlives the source.
+    fn position_order(&self) -> PositionOrder {
+        |_, _| None
+    }
+
     async fn start_stream(
         &mut self,
         after: &Checkpoint,
@@ -206,7 +231,7 @@ pub struct RowOrigin {
 }
 
 /// The coalesced changes to one target table, applied in this order: truncate (if set),
-/// deletes, upserts. Every row is full-width in `schema`'s column order. Keys are
+/// clear (if set), moves, deletes, upserts. Every row is full-width in `schema`'s column order. Keys are
 /// distinct within `deletes` and within `upserts`, so rows may be applied in any order
 /// and any grouping.
 #[derive(Debug, Clone)]
@@ -214,6 +239,9 @@ pub struct TableChanges {
     pub schema: Arc<TableSchema>,
     pub target: TableId,
     pub truncate: bool,
+    /// A key range to empty before the rows are applied (a resync chunk replacing the
+    /// target's rows in the range of keys it read); see [`KeyRange`].
+    pub clear: Option<KeyRange>,
     /// Rows whose key columns identify rows to delete.
     pub deletes: Vec<Vec<Value>>,
     /// Rows to insert or update by key. A row may hold [`Value::Unchanged`]: such a row
@@ -226,6 +254,19 @@ pub struct TableChanges {
     pub delete_origins: Vec<RowOrigin>,
     pub upsert_origins: Vec<RowOrigin>,
     pub move_origins: Vec<RowOrigin>,
+}
+
+/// Target rows to delete by key range: every row whose key is greater than `after` (all
+/// when `None`) and at most `upto` (no upper bound when `None`), except the rows whose
+/// key is one of `keep`. Keys are full key values in [`TableSchema::key`] order and are
+/// compared column by column in the order [`crate::ColumnType::orders_alike_everywhere`] names
+/// (text by its bytes, not by a collation), so that a range read from the source covers
+/// the same rows in every target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyRange {
+    pub after: Option<Vec<Value>>,
+    pub upto: Option<Vec<Value>>,
+    pub keep: Vec<Vec<Value>>,
 }
 
 /// See [`TableChanges::moves`].
@@ -274,6 +315,7 @@ impl TableChanges {
             schema,
             target,
             truncate: false,
+            clear: None,
             deletes: Vec::new(),
             upserts: rows,
             moves: Vec::new(),

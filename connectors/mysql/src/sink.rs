@@ -910,11 +910,28 @@ fn bind<'v>(changes: &TableChanges, p: &Prepared<'_>, i: usize, value: &'v Value
         .map_err(|msg| ConnectorError::event(format!("{} column {}: {msg}", changes.target, column.name)))
 }
 
+/// Runs the segment's truncate and key-range clear, if any.
 async fn truncate(conn: &mut MySqlConnection, changes: &TableChanges, p: &Prepared<'_>) -> Result<(), ConnectorError> {
     if changes.truncate {
         exec(conn, &sql::truncate_sql(&p.sql), [])
             .await
             .map_err(|e| sqlx_error(format_args!("emptying {} (source TRUNCATE)", changes.target), e))?;
+    }
+    if let Some(range) = &changes.clear {
+        let schema = &changes.schema;
+        let bytewise: Vec<bool> = schema.key.iter().map(|&i| schema.columns[i].kind.is_text_like()).collect();
+        let statement =
+            sql::clear_sql(&p.sql, &bytewise, range.after.is_some(), range.upto.is_some(), range.keep.len());
+        let keys = [&range.after, &range.upto].into_iter().flatten().chain(&range.keep);
+        let mut binds = Vec::new();
+        for key in keys {
+            for (value, &i) in key.iter().zip(&schema.key) {
+                binds.push(bind(changes, p, i, value)?);
+            }
+        }
+        exec(conn, &statement, &binds)
+            .await
+            .map_err(|e| sqlx_error(format_args!("clearing a key range of {}", changes.target), e))?;
     }
     Ok(())
 }

@@ -221,6 +221,34 @@ pub fn move_sql(server: &Server, t: &TableSql, sent: &[bool]) -> String {
 
 /// `DELETE FROM t`: a source TRUNCATE. (MySQL's TRUNCATE is DDL and commits the open
 /// transaction, so it cannot be part of a batch.)
+/// Deletes the rows of a key range (see `tidewater_core::KeyRange`): key greater than
+/// the first bound's placeholders (`after`), at most the next ones (`upto`), not one of
+/// `keep` tuples. Key columns listed in `bytewise` are compared by their bytes.
+pub fn clear_sql(t: &TableSql, bytewise: &[bool], after: bool, upto: bool, keep: usize) -> String {
+    let keys = t
+        .key
+        .iter()
+        .zip(bytewise)
+        .map(|(&k, &b)| if b { format!("BINARY {}", t.columns[k]) } else { t.columns[k].clone() })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut terms = Vec::new();
+    if after {
+        terms.push(format!("({keys}) > {}", tuple(t.key.len())));
+    }
+    if upto {
+        terms.push(format!("({keys}) <= {}", tuple(t.key.len())));
+    }
+    if keep > 0 {
+        let plain = t.key.iter().map(|&k| t.columns[k].as_str()).collect::<Vec<_>>().join(", ");
+        terms.push(format!("({plain}) NOT IN ({})", tuples(t.key.len(), keep)));
+    }
+    if terms.is_empty() {
+        return truncate_sql(t);
+    }
+    format!("DELETE FROM {} WHERE {}", t.table, terms.join(" AND "))
+}
+
 pub fn truncate_sql(t: &TableSql) -> String {
     format!("DELETE FROM {}", t.table)
 }
@@ -422,6 +450,22 @@ mod tests {
             guard: false,
         };
         assert_eq!(delete_sql(&link, 2), "DELETE FROM `db`.`link` WHERE (`b`, `a`) IN ((?, ?), (?, ?))");
+    }
+
+    #[test]
+    fn key_ranges_are_cleared_by_bytes_for_text_keys() {
+        let mut t = orders(false);
+        t.key = vec![0, 1];
+        assert_eq!(
+            clear_sql(&t, &[false, true], true, true, 2),
+            format!(
+                "DELETE FROM `shop`.`orders` WHERE ({c0}, BINARY {c1}) > (?, ?) AND ({c0}, BINARY {c1}) <= (?, ?) \
+                 AND ({c0}, {c1}) NOT IN ((?, ?), (?, ?))",
+                c0 = t.columns[0],
+                c1 = t.columns[1]
+            )
+        );
+        assert_eq!(clear_sql(&t, &[false, false], false, false, 0), "DELETE FROM `shop`.`orders`");
     }
 
     #[test]

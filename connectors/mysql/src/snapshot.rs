@@ -148,9 +148,24 @@ pub async fn open_backfill(conn: &mut Conn, info: &ServerInfo) -> Result<Option<
 /// The chunk query of a table with a key: the next `limit` rows in key order, after a
 /// bound key when `bounded` (as `k1 > ? OR (k1 = ? AND k2 > ?) …`, which every MySQL and
 /// MariaDB version plans as an index range; see [`bound_params`] for the parameters).
-pub fn chunk_sql(table: &TableSchema, bounded: bool, limit: usize) -> String {
+///
+/// With `bytewise`, text key columns are compared by their bytes (`BINARY`), the order
+/// every target can compare in (a resync clears the target's rows by key range); such a
+/// read cannot use the key's index.
+pub fn chunk_sql(table: &TableSchema, bounded: bool, limit: usize, bytewise: bool) -> String {
     let columns = table.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
-    let keys: Vec<String> = table.key.iter().map(|&i| quote_ident(&table.columns[i].name)).collect();
+    let keys: Vec<String> = table
+        .key
+        .iter()
+        .map(|&i| {
+            let key = quote_ident(&table.columns[i].name);
+            if bytewise && table.columns[i].kind.is_text_like() {
+                format!("BINARY {key}")
+            } else {
+                key
+            }
+        })
+        .collect();
     let mut sql = format!("SELECT {columns} FROM {}", quote_table(&table.id));
     if bounded {
         let terms: Vec<String> = (0..keys.len())
@@ -181,18 +196,10 @@ async fn read_keyed(
     after: Option<&[Value]>,
     out: &mpsc::Sender<SnapshotChunk>,
 ) -> Result<(), ConnectorError> {
-    let what = format!("reading source table {} for the snapshot", table.id);
-    let first = chunk_sql(table, false, chunk_rows);
-    let next = chunk_sql(table, true, chunk_rows);
     let mut bound: Option<Vec<Value>> = after.map(<[Value]>::to_vec);
     loop {
-        let rows: Vec<mysql_async::Row> = match &bound {
-            None => conn.exec(first.as_str(), ()).await,
-            Some(key) => conn.exec(next.as_str(), bound_params(key)).await,
-        }
-        .map_err(|e| my_error(&what, e))?;
-        let count = rows.len();
-        let chunk = rows.into_iter().map(|row| decode_row(row, table, kinds, &what)).collect::<Result<Vec<_>, _>>()?;
+        let chunk = read_chunk(conn, table, kinds, chunk_rows, bound.as_deref(), false).await?;
+        let count = chunk.len();
         if let Some(last) = chunk.last() {
             bound = Some(table.key.iter().map(|&i| last[i].clone()).collect());
         }
@@ -203,6 +210,26 @@ async fn read_keyed(
             return Ok(());
         }
     }
+}
+
+/// The first `chunk_rows` rows of `table` (which has a key) in key order whose key is
+/// greater than `after` (from the first row without it); `bytewise` as in [`chunk_sql`].
+pub async fn read_chunk(
+    conn: &mut Conn,
+    table: &Arc<TableSchema>,
+    kinds: &[ValueKind],
+    chunk_rows: usize,
+    after: Option<&[Value]>,
+    bytewise: bool,
+) -> Result<Vec<Vec<Value>>, ConnectorError> {
+    let what = format!("reading source table {}", table.id);
+    let sql = chunk_sql(table, after.is_some(), chunk_rows.max(1), bytewise);
+    let rows: Vec<mysql_async::Row> = match after {
+        None => conn.exec(sql.as_str(), ()).await,
+        Some(key) => conn.exec(sql.as_str(), bound_params(key)).await,
+    }
+    .map_err(|e| my_error(&what, e))?;
+    rows.into_iter().map(|row| decode_row(row, table, kinds, &what)).collect()
 }
 
 /// Streams one table out of the open snapshot in chunks of `chunk_rows`: a table with a

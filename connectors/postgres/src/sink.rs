@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tidewater_core::{
-    ApplyBatch, ApplyReport, Checkpoint, ColumnType, ConnectorError, CopiedTable, Engine, RowKind, Sink, TableChanges,
-    TableId, TablePlan, TableSchema, Value, ROW_KINDS_IN_ORDER,
+    ApplyBatch, ApplyReport, Checkpoint, ColumnType, ConnectorError, CopiedTable, Engine, KeyRange, RowKind, Sink,
+    TableChanges, TableId, TablePlan, TableSchema, Value, ROW_KINDS_IN_ORDER,
 };
 use tokio_postgres::{Client, GenericClient, Statement};
 
@@ -553,6 +553,82 @@ async fn prepare_segment<C: GenericClient + Sync>(
             .await
             .map_err(|e| pg_error(format_args!("truncating {target}"), e))?;
     }
+    if let Some(range) = &changes.clear {
+        clear_range(tx, state, changes, range).await?;
+    }
+    Ok(())
+}
+
+/// Deletes the target rows in `range` (see [`KeyRange`]): key columns compared in the
+/// order of their values, text ones by their bytes.
+async fn clear_range<C: GenericClient + Sync>(
+    tx: &C,
+    state: &mut SinkState,
+    changes: &TableChanges,
+    range: &KeyRange,
+) -> Result<(), ConnectorError> {
+    let schema = &changes.schema;
+    let target = &changes.target;
+    let casts = cast_types(state, schema, target)?;
+    let n = schema.key.len();
+    let bytewise = |i: usize, expr: String| {
+        if schema.columns[i].kind.is_text_like() {
+            format!("({expr} COLLATE \"C\")")
+        } else {
+            expr
+        }
+    };
+    let keys = schema
+        .key
+        .iter()
+        .map(|&i| bytewise(i, format!("t.{}", quote_ident(&schema.columns[i].name))))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Parameters: the kept keys' columns as arrays ($1..$n), then the bounds' values.
+    let bound = |first: usize| {
+        schema
+            .key
+            .iter()
+            .enumerate()
+            .map(|(n, &i)| bytewise(i, format!("${}::text::{}", first + n, casts[i])))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let kept = schema
+        .key
+        .iter()
+        .map(|&i| format!("t.{} = u.c{i}::{}", quote_ident(&schema.columns[i].name), casts[i]))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let mut sql = format!(
+        "DELETE FROM {} AS t WHERE NOT EXISTS (SELECT 1 FROM {} WHERE {kept})",
+        quote_table(target),
+        unnest_from(&schema.key)
+    );
+    let mut next = n + 1;
+    if range.after.is_some() {
+        sql.push_str(&format!(" AND ({keys}) > ({})", bound(next)));
+        next += n;
+    }
+    if range.upto.is_some() {
+        sql.push_str(&format!(" AND ({keys}) <= ({})", bound(next)));
+    }
+    let st = statement(tx, state, sql).await?;
+    let arrays: Vec<Vec<Option<String>>> = schema
+        .key
+        .iter()
+        .enumerate()
+        .map(|(n, &i)| range.keep.iter().map(|key| pg_input_text(&key[n], Some(casts[i].as_str()))).collect())
+        .collect();
+    let bounds: Vec<Option<String>> = [&range.after, &range.upto]
+        .into_iter()
+        .flatten()
+        .flat_map(|key| key.iter().zip(&schema.key).map(|(v, &i)| pg_input_text(v, Some(casts[i].as_str()))))
+        .collect();
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        arrays.iter().map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+    params.extend(bounds.iter().map(|b| b as &(dyn tokio_postgres::types::ToSql + Sync)));
+    tx.execute(&st, &params).await.map_err(|e| pg_error(format_args!("clearing a key range of {target}"), e))?;
     Ok(())
 }
 

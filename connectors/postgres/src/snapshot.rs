@@ -13,7 +13,17 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 use crate::sql::{pg_error, quote_ident};
-use crate::types::decode_text;
+
+/// The order a table with a key is read in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOrder {
+    /// The key's own order (its index's, so the read is an index range scan).
+    Index,
+    /// Text key columns by their bytes (`COLLATE "C"`), the order every target can
+    /// compare in (a resync clears the target's rows by key range). Without an index in
+    /// that collation each chunk sorts the rest of the table.
+    Bytes,
+}
 
 /// The text of the chunk query of `table` read from `from` (a table or a query's FROM
 /// item), with or without the lower bound on the key. Key casts come from `casts`
@@ -24,6 +34,7 @@ pub fn chunk_sql(
     casts: &std::collections::HashMap<String, String>,
     bounded: bool,
     limit: usize,
+    order: KeyOrder,
 ) -> String {
     // Values as their type's text output, as `COPY` and pgoutput send them: `format('%s')`
     // calls the output function, where a cast to text would not for every type (`true`
@@ -38,7 +49,19 @@ pub fn chunk_sql(
             format!("CASE WHEN {col} IS NULL THEN NULL ELSE format('%s', {col}) END")
         })
         .collect::<Vec<_>>();
-    let keys: Vec<String> = table.key.iter().map(|&i| format!("r.{}", quote_ident(&table.columns[i].name))).collect();
+    let bytewise = |i: usize| order == KeyOrder::Bytes && table.columns[i].kind.is_text_like();
+    let keys: Vec<String> = table
+        .key
+        .iter()
+        .map(|&i| {
+            let key = format!("r.{}", quote_ident(&table.columns[i].name));
+            if bytewise(i) {
+                format!("({key} COLLATE \"C\")")
+            } else {
+                key
+            }
+        })
+        .collect();
     let mut sql = format!("SELECT {} FROM {from} AS r", select.join(", "));
     if bounded {
         let params: Vec<String> = table
@@ -47,7 +70,11 @@ pub fn chunk_sql(
             .enumerate()
             .map(|(n, &i)| {
                 let cast = casts.get(&table.columns[i].name).map_or("text", String::as_str);
-                format!("${}::text::{cast}", n + 1)
+                if bytewise(i) {
+                    format!("(${}::text::{cast} COLLATE \"C\")", n + 1)
+                } else {
+                    format!("${}::text::{cast}", n + 1)
+                }
             })
             .collect();
         sql.push_str(&format!(" WHERE ({}) > ({})", keys.join(", "), params.join(", ")));
@@ -68,39 +95,12 @@ pub async fn read_keyed(
     out: &mpsc::Sender<SnapshotChunk>,
 ) -> Result<(), ConnectorError> {
     let chunk_rows = chunk_rows.max(1);
-    let what = || format!("copying {}", table.id);
-    let first =
-        reader.prepare(&chunk_sql(table, from, casts, false, chunk_rows)).await.map_err(|e| pg_error(what(), e))?;
-    let next =
-        reader.prepare(&chunk_sql(table, from, casts, true, chunk_rows)).await.map_err(|e| pg_error(what(), e))?;
-    let mut bound: Option<Vec<Option<String>>> = after.map(|key| key.iter().map(Value::to_pg_text).collect());
+    let mut bound: Option<Vec<Value>> = after.map(<[Value]>::to_vec);
     loop {
-        let rows = match &bound {
-            None => reader.query(&first, &[]).await,
-            Some(key) => {
-                let params: Vec<&(dyn ToSql + Sync)> = key.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
-                reader.query(&next, &params).await
-            }
-        }
-        .map_err(|e| pg_error(what(), e))?;
-        let count = rows.len();
-        let mut chunk = Vec::with_capacity(count);
-        for row in &rows {
-            let values = table
-                .columns
-                .iter()
-                .enumerate()
-                .map(|(i, column)| match row.get::<_, Option<&str>>(i) {
-                    None => Ok(Value::Null),
-                    Some(text) => decode_text(&column.kind, text.as_bytes()).map_err(|e| {
-                        ConnectorError::fatal(format!("snapshot of {}: column {}: {e}", table.id, column.name))
-                    }),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            chunk.push(values);
-        }
-        if let Some(last) = rows.last() {
-            bound = Some(table.key.iter().map(|&i| last.get::<_, Option<String>>(i)).collect());
+        let chunk = read_chunk(reader, table, from, casts, chunk_rows, bound.as_deref(), KeyOrder::Index).await?;
+        let count = chunk.len();
+        if let Some(last) = chunk.last() {
+            bound = Some(table.key.iter().map(|&i| last[i].clone()).collect());
         }
         if !chunk.is_empty() {
             out.send(SnapshotChunk { table: table.clone(), rows: chunk })
@@ -111,6 +111,27 @@ pub async fn read_keyed(
             return Ok(());
         }
     }
+}
+
+/// The first `chunk_rows` rows of `table` (which has a key) in `order` whose key is
+/// greater than `after` (from the first row without it).
+pub async fn read_chunk(
+    reader: &Client,
+    table: &Arc<TableSchema>,
+    from: &str,
+    casts: &std::collections::HashMap<String, String>,
+    chunk_rows: usize,
+    after: Option<&[Value]>,
+    order: KeyOrder,
+) -> Result<Vec<Vec<Value>>, ConnectorError> {
+    let chunk_rows = chunk_rows.max(1);
+    let what = || format!("copying {}", table.id);
+    let sql = chunk_sql(table, from, casts, after.is_some(), chunk_rows, order);
+    let statement = reader.prepare(&sql).await.map_err(|e| pg_error(what(), e))?;
+    let bound: Vec<Option<String>> = after.map(|key| key.iter().map(Value::to_pg_text).collect()).unwrap_or_default();
+    let params: Vec<&(dyn ToSql + Sync)> = bound.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
+    let rows = reader.query(&statement, &params).await.map_err(|e| pg_error(what(), e))?;
+    rows.iter().map(|row| crate::source::decode_text_row(table, row)).collect()
 }
 
 #[cfg(test)]
@@ -141,11 +162,11 @@ mod tests {
         let out = |c: &str| format!("CASE WHEN r.\"{c}\" IS NULL THEN NULL ELSE format('%s', r.\"{c}\") END");
         let (a, val, b) = (out("a"), out("Val"), out("b"));
         assert_eq!(
-            chunk_sql(&table, "\"s\".\"t\"", &casts, false, 10),
+            chunk_sql(&table, "\"s\".\"t\"", &casts, false, 10, KeyOrder::Index),
             format!("SELECT {a}, {val}, {b} FROM \"s\".\"t\" AS r ORDER BY r.\"a\", r.\"b\" LIMIT 10")
         );
         assert_eq!(
-            chunk_sql(&table, "\"s\".\"t\"", &casts, true, 10),
+            chunk_sql(&table, "\"s\".\"t\"", &casts, true, 10, KeyOrder::Index),
             format!(
                 "SELECT {a}, {val}, {b} FROM \"s\".\"t\" AS r \
              WHERE (r.\"a\", r.\"b\") > ($1::text::bigint, $2::text::text) ORDER BY r.\"a\", r.\"b\" LIMIT 10"

@@ -377,17 +377,7 @@ impl Source for PgSource {
         else {
             return Ok(None);
         };
-        table
-            .columns
-            .iter()
-            .enumerate()
-            .map(|(i, column)| match row.get::<_, Option<&str>>(i) {
-                None => Ok(Value::Null),
-                Some(text) => decode_text(&column.kind, text.as_bytes())
-                    .map_err(|e| ConnectorError::fatal(format!("{}.{}: {e}", table.id, column.name))),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some)
+        decode_text_row(table, &row).map(Some)
     }
 
     async fn begin_without_snapshot(&mut self) -> Result<String, ConnectorError> {
@@ -405,16 +395,7 @@ impl Source for PgSource {
         self.snapshot = None;
         self.drop_slot().await?;
         let (exporter, position, snapshot_name) = self.create_slot(true).await?;
-        let snapshot_name = snapshot_name
-            .ok_or_else(|| ConnectorError::fatal("CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT returned no snapshot"))?;
-        let reader = connect(&self.cfg.endpoint).await?;
-        reader
-            .batch_execute(&format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-                quote_literal(&snapshot_name)
-            ))
-            .await
-            .map_err(|e| pg_error("importing the slot's snapshot", e))?;
+        let reader = import_snapshot(&self.cfg.endpoint, snapshot_name, "importing the slot's snapshot").await?;
         self.snapshot = Some(SnapshotSession { _exporter: Some(exporter), reader });
         Ok(position)
     }
@@ -428,16 +409,7 @@ impl Source for PgSource {
         name.truncate(58);
         name.push_str("_copy");
         let (exporter, position, snapshot_name) = self.create_named_slot(&name, true, true).await?;
-        let snapshot_name = snapshot_name
-            .ok_or_else(|| ConnectorError::fatal("CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT returned no snapshot"))?;
-        let reader = connect(&self.cfg.endpoint).await?;
-        reader
-            .batch_execute(&format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-                quote_literal(&snapshot_name)
-            ))
-            .await
-            .map_err(|e| pg_error("starting the backfill snapshot", e))?;
+        let reader = import_snapshot(&self.cfg.endpoint, snapshot_name, "starting the backfill snapshot").await?;
         self.snapshot = Some(SnapshotSession { _exporter: Some(exporter), reader });
         self.backfill_position = Some(position);
         Ok(())
@@ -469,6 +441,52 @@ impl Source for PgSource {
 
     fn set_table_starts(&mut self, starts: HashMap<TableId, String>) {
         self.table_starts = starts.into_iter().filter_map(|(t, p)| parse_lsn(&p).map(|lsn| (t, lsn))).collect();
+    }
+
+    async fn resync_chunk(
+        &mut self,
+        table: &Arc<TableSchema>,
+        chunk_rows: usize,
+        after: Option<&[Value]>,
+    ) -> Result<(String, Vec<Vec<Value>>), ConnectorError> {
+        if table.key.is_empty() {
+            return Err(ConnectorError::fatal(format!("{}: a table without a key is not resynced by key", table.id)));
+        }
+        // A temporary slot's exported snapshot, as for a backfill, under a name of its
+        // own (a backfill or `verify` may hold `<slot>_copy`). Once the reader has taken
+        // the snapshot, the slot is dropped: one per chunk.
+        let mut name = self.cfg.slot.clone();
+        name.truncate(59);
+        name.push_str("_rs");
+        let (mut exporter, position, snapshot_name) = self.create_named_slot(&name, true, true).await?;
+        let reader = import_snapshot(&self.cfg.endpoint, snapshot_name, "starting a resync read").await?;
+        if let Err(e) = exporter.simple_query(&format!("DROP_REPLICATION_SLOT {}", quote_ident(&name))).await {
+            tracing::debug!(slot = %name, error = %e, "could not drop the resync slot (it goes with its session)");
+        }
+        let _ = exporter.close().await;
+        let casts = crate::catalog::cast_types(&reader, &table.id).await?;
+        let from = quote_table(&table.id);
+        let rows = crate::snapshot::read_chunk(
+            &reader,
+            table,
+            &from,
+            &casts,
+            chunk_rows,
+            after,
+            crate::snapshot::KeyOrder::Bytes,
+        )
+        .await?;
+        let _ = reader.batch_execute("COMMIT").await;
+        // A WAL record after the read's position: the stream reaches it (and reports it in
+        // a keepalive) even when nothing else is written.
+        if let Err(e) = reader.batch_execute("SELECT pg_logical_emit_message(false, 'tidewater', '')").await {
+            tracing::debug!(error = %e, "could not write a WAL message after the resync read");
+        }
+        Ok((position, rows))
+    }
+
+    fn position_order(&self) -> tidewater_core::PositionOrder {
+        |a, b| Some(parse_lsn(a)?.cmp(&parse_lsn(b)?))
     }
 
     async fn table_parts(&mut self, table: &TableSchema) -> Result<Vec<TableId>, ConnectorError> {
@@ -860,6 +878,40 @@ fn pg_epoch_to_system_time(micros: i64) -> SystemTime {
     } else {
         base - Duration::from_micros(micros.unsigned_abs())
     }
+}
+
+/// A read-only transaction on a new connection that takes the snapshot a slot's
+/// creation exported.
+async fn import_snapshot(
+    endpoint: &PgEndpoint,
+    snapshot_name: Option<String>,
+    what: &str,
+) -> Result<Client, ConnectorError> {
+    let snapshot_name = snapshot_name
+        .ok_or_else(|| ConnectorError::fatal("CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT returned no snapshot"))?;
+    let reader = connect(endpoint).await?;
+    reader
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            quote_literal(&snapshot_name)
+        ))
+        .await
+        .map_err(|e| pg_error(what, e))?;
+    Ok(reader)
+}
+
+/// One row of text values (each column's text output) decoded into `table`'s columns.
+pub(crate) fn decode_text_row(table: &TableSchema, row: &tokio_postgres::Row) -> Result<Vec<Value>, ConnectorError> {
+    table
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, column)| match row.get::<_, Option<&str>>(i) {
+            None => Ok(Value::Null),
+            Some(text) => decode_text(&column.kind, text.as_bytes())
+                .map_err(|e| ConnectorError::fatal(format!("{}.{}: {e}", table.id, column.name))),
+        })
+        .collect()
 }
 
 impl Reader {

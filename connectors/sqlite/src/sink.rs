@@ -57,8 +57,8 @@ use sqlx::query::Query;
 use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Row, Sqlite};
 use tidewater_core::{
-    ApplyBatch, ApplyReport, Checkpoint, ConnectorError, CopiedTable, DeadLetter, ErrorClass, Isolator, MovedRow,
-    RowKind, Sink, TableChanges, TableId, TablePlan, TableSchema, Value, ROW_KINDS_IN_ORDER,
+    ApplyBatch, ApplyReport, Checkpoint, ConnectorError, CopiedTable, DeadLetter, ErrorClass, Isolator, KeyRange,
+    MovedRow, RowKind, Sink, TableChanges, TableId, TablePlan, TableSchema, Value, ROW_KINDS_IN_ORDER,
 };
 
 use crate::sql::{quote_ident, sqlite_error};
@@ -804,7 +804,56 @@ impl Writer<'_> {
         if changes.truncate {
             self.exec(&format!("DELETE FROM {}", quote_ident(name)), format!("truncating {name}")).await?;
         }
+        if let Some(range) = &changes.clear {
+            self.clear_range(changes, range).await?;
+        }
         Ok(())
+    }
+
+    /// Deletes the target rows in `range` (see [`KeyRange`]); SQLite compares text by its
+    /// bytes already (the tables it creates use the BINARY collation).
+    async fn clear_range(&mut self, changes: &TableChanges, range: &KeyRange) -> Result<(), ConnectorError> {
+        let schema = &changes.schema;
+        let name = sqlite_table_name(&changes.target).to_string();
+        let affinity = self.affinity(&changes.target)?;
+        let width = schema.key.len();
+        let keys = column_list(schema, schema.key.iter().copied());
+        let one = format!("({})", vec!["?"; width].join(", "));
+        let mut terms = Vec::new();
+        if range.after.is_some() {
+            terms.push(format!("({keys}) > {one}"));
+        }
+        if range.upto.is_some() {
+            terms.push(format!("({keys}) <= {one}"));
+        }
+        if !range.keep.is_empty() {
+            terms.push(format!("({keys}) NOT IN (VALUES {})", vec![one.as_str(); range.keep.len()].join(", ")));
+        }
+        let mut sql = format!("DELETE FROM {}", quote_ident(&name));
+        if !terms.is_empty() {
+            sql.push_str(&format!(" WHERE {}", terms.join(" AND ")));
+        }
+        // Full-width rows holding only the key values, for the usual binding.
+        let rows: Vec<Vec<Value>> = [&range.after, &range.upto]
+            .into_iter()
+            .flatten()
+            .chain(&range.keep)
+            .map(|key| {
+                let mut row = vec![Value::Null; schema.columns.len()];
+                for (value, &i) in key.iter().zip(&schema.key) {
+                    row[i] = value.clone();
+                }
+                row
+            })
+            .collect();
+        let mut q = sqlx::query(&sql);
+        for row in &rows {
+            q = bind_row(q, schema, &affinity, row, &schema.key)?;
+        }
+        q.execute(&mut *self.conn)
+            .await
+            .map(drop)
+            .map_err(|e| not_row_tied(self.err(format_args!("clearing a key range of {name}"), e)))
     }
 
     /// The affinities of `target`'s columns, in source column order.
