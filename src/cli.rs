@@ -353,6 +353,21 @@ async fn status(url: &str, json: bool, token_file: Option<&std::path::Path>) -> 
             p["retries_total"].as_u64().unwrap_or(0),
             p["last_error"].as_str().unwrap_or("-"),
         );
+        // Tables being copied or failed, with their progress.
+        for t in p["tables"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            let state = t["state"].as_str().unwrap_or("?");
+            if state == "streaming" {
+                continue;
+            }
+            let estimate = t["rows_estimate"].as_u64().map_or(String::new(), |n| format!(" of ~{n}"));
+            println!(
+                "  {} -> {}: {state}, {} rows copied{estimate}{}",
+                t["name"].as_str().unwrap_or("?"),
+                t["target"].as_str().unwrap_or("?"),
+                t["rows_copied"].as_u64().unwrap_or(0),
+                t["last_error"].as_str().map_or(String::new(), |e| format!(" ({e})")),
+            );
+        }
     }
     if any_failed {
         ExitCode::from(1)

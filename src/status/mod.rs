@@ -624,7 +624,7 @@ pub fn render_metrics(registry: &Registry) -> String {
     }
     type TableFamily = (&'static str, &'static str, &'static str, fn(&TableJson) -> Option<f64>);
     let table_families: [TableFamily; 2] = [
-        ("table_rows_copied", "counter", "Rows copied by the table's current or last snapshot.", |t| {
+        ("table_rows_copied", "gauge", "Rows copied by the table's current or last snapshot or resync.", |t| {
             Some(t.rows_copied as f64)
         }),
         ("table_rows_estimate", "gauge", "The source's estimate of the table's rows.", |t| {

@@ -805,3 +805,111 @@ async fn mariadb_keyless_table_keeps_duplicates_on_every_target() {
     assert_eq!(text.matches("[DIFF]").count(), 3, "{text}");
     assert_eq!(text.matches("1 missing in the target").count(), 3, "{text}");
 }
+
+// ------------------------------------------------------------------ resync
+
+/// A MariaDB source table resynced into Postgres and MariaDB targets while it is written:
+/// hand edits in the targets are repaired, no write is lost; a text key in a
+/// case-insensitive collation (ordered otherwise than its bytes) resyncs too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_tables_resync_under_writes_into_postgres_and_mariadb() {
+    const TK_ROWS: [&str; 3] = [
+        "SELECT k || '|' || v::text FROM tk ORDER BY k COLLATE \"C\"",
+        "SELECT concat_ws('|', k, v) FROM tk ORDER BY BINARY k",
+        "",
+    ];
+    let setup = "CREATE TABLE t (id INT PRIMARY KEY, name VARCHAR(40), qty INT);
+        INSERT INTO t SELECT seq * 2, concat('row ', seq), seq FROM seq_1_to_25000;
+        CREATE TABLE tk (k VARCHAR(20) COLLATE utf8mb4_general_ci PRIMARY KEY, v INT);
+        INSERT INTO tk SELECT concat(IF(seq % 2 = 0, 'k', 'K'), seq), seq FROM seq_1_to_24000;";
+    let e = E2e::new("rsmaria", setup, &["t", "tk"], vec![Dst::pg("rsmaria").await, Dst::my("rsmaria").await]).await;
+    let daemon = e.start();
+    e.wait_all_streaming().await;
+    let source_rows = |queries: [&'static str; 3]| {
+        let source = e.source;
+        let db = e.db.clone();
+        async move {
+            let mut c = source.connect(&db).await;
+            let rows: Vec<String> = c.query(queries[1]).await.unwrap();
+            let _ = c.disconnect().await;
+            rows
+        }
+    };
+    for dst in &e.dsts {
+        e.wait_rows(dst, "snapshot of t", T_ROWS, &source_rows(T_ROWS).await).await;
+    }
+    // Hand edits in both targets.
+    let edits = "DELETE FROM t WHERE id % 1000 = 0;
+        INSERT INTO t VALUES (1, 'stray', 0), (20001, 'stray', 0), (-5, 'before', 0), (90000, 'after', 0);
+        UPDATE t SET name = 'changed' WHERE id % 777 = 0;
+        DELETE FROM tk WHERE k IN ('k2', 'K9001', 'k16000');
+        INSERT INTO tk VALUES ('a', 0), ('k0', 0), ('K99999', 0);
+        UPDATE tk SET v = 99 WHERE k IN ('K5', 'k20000');";
+    for dst in &e.dsts {
+        match dst {
+            Dst::Pg(pg, db) => {
+                let c = pg.connect_as(db, REPLICATOR_USER, REPLICATOR_PASSWORD).await;
+                c.batch_execute(edits).await.expect("edit the Postgres target");
+            }
+            Dst::My(my, db) => sql(&mut my.connect(db).await, edits).await,
+            Dst::Lite(_) => unreachable!(),
+        }
+    }
+    // Writes to the resynced table all along.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (source, db, stop) = (e.source, e.db.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut c = source.connect(&db).await;
+            let mut i = 0i64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let a = (i * 131) % 50000;
+                let statements = format!(
+                    "START TRANSACTION;
+                     INSERT INTO t VALUES ({new}, 'new {i}', {i}) ON DUPLICATE KEY UPDATE name = 'again {i}';
+                     UPDATE t SET name = 'updated {i}', qty = qty + 1 WHERE id = {upd};
+                     DELETE FROM t WHERE id = {del};
+                     UPDATE t SET id = {moved} WHERE id = {from};
+                     COMMIT;",
+                    new = 2 * a + 1,
+                    upd = 2 * ((a + 7) % 25000 + 1),
+                    del = 2 * ((a + 13) % 25000 + 1),
+                    moved = 1_000_000 + i,
+                    from = 2 * ((a + 29) % 25000 + 1),
+                );
+                c.query_drop(statements).await.expect("source write");
+            }
+            i
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (n, dst) in e.dsts.iter().enumerate() {
+        let url = format!("http://127.0.0.1:{}/pipelines/p{n}_{}/resync", e.status_port, dst.kind());
+        for table in ["t", "tk"] {
+            let body = format!(r#"{{"table": "{}.{table}"}}"#, e.db);
+            let (code, _, text) = tidewater::http_request("POST", &url, None, Some(&body)).await.unwrap();
+            assert_eq!(code, 202, "resync of {table} into {}: {text}", dst.kind());
+        }
+    }
+    wait_for("every resync done", Duration::from_secs(90), || async {
+        let all = e.statuses().await?;
+        let done = all.iter().all(|p| {
+            p["tables"].as_array().is_some_and(|ts| {
+                ts.iter().all(|t| t["state"] == "streaming" && t["rows_copied"].as_u64().is_some_and(|n| n >= 24000))
+            })
+        });
+        done.then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.await.unwrap();
+    assert!(written > 50, "the table was written during the resync ({written} transactions)");
+    let (t_rows, tk_rows) = (source_rows(T_ROWS).await, source_rows(TK_ROWS).await);
+    for dst in &e.dsts {
+        e.wait_rows(dst, "t after its resync", T_ROWS, &t_rows).await;
+        e.wait_rows(dst, "tk after its resync", TK_ROWS, &tk_rows).await;
+    }
+    daemon.stop().await;
+}

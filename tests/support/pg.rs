@@ -40,7 +40,9 @@ const SERVER_SETTINGS: &[(&str, &str)] = &[
     // IPv6 too: URLs with `[::1]` are tested on every connection kind.
     ("listen_addresses", "'127.0.0.1,::1'"),
     ("wal_level", "logical"),
-    ("max_replication_slots", "64"),
+    // Every test pipeline leaves its slot behind (one per test database), and each
+    // resync chunk takes a temporary one.
+    ("max_replication_slots", "256"),
     ("max_wal_senders", "64"),
     ("max_connections", "300"),
     ("fsync", "off"),
