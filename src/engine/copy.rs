@@ -318,7 +318,7 @@ async fn copy_tables(
                     batch_checkpoint.copy_progress = Some(p.to_text());
                 }
                 let mut batch = ApplyBatch::checkpoint_only(&cfg.name, batch_checkpoint);
-                batch.tables.push(TableChanges::upserts(chunk.table, plan.target.clone(), chunk.rows));
+                batch.tables.push(TableChanges::copied(chunk.table, plan.target.clone(), chunk.rows));
                 let Some((report, _)) = apply_with_retry(cfg, status, shutdown, sink, &batch).await? else {
                     return Err(ConnectorError::transient("shutting down during the copy"));
                 };

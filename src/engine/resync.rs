@@ -348,7 +348,7 @@ impl Resyncs {
             chunk.rows.into_iter().filter(|row| !kept.contains_key(&encode(&key_of(&schema, row)))).collect()
         };
         let written = rows.len() as u64;
-        let mut changes = TableChanges::upserts(schema.clone(), active.plan.target.clone(), rows);
+        let mut changes = TableChanges::copied(schema.clone(), active.plan.target.clone(), rows);
         if kept.len() <= MAX_KEPT {
             changes.clear = Some(KeyRange {
                 after: chunk.after.clone(),

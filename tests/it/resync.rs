@@ -271,3 +271,22 @@ async fn resyncs_repair_mariadb_and_sqlite_targets() {
         daemon.stop().await;
     }
 }
+
+/// Copied rows are loaded with `COPY` into Postgres targets; a target table that already
+/// holds some of their keys (created and filled by hand) gets them upserted instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_into_a_target_table_holding_some_keys_upserts_them() {
+    let p = TestPipeline::new("rs_prefilled", SETUP, &["public.t"]).await;
+    p.target_client()
+        .await
+        .batch_execute(
+            "CREATE TABLE t (id bigint PRIMARY KEY, v text, n int);
+             INSERT INTO t VALUES (2, 'stale', 0), (30000, 'stale', 0), (49998, 'stale', 0)",
+        )
+        .await
+        .unwrap();
+    let daemon = p.start();
+    p.wait_state("streaming", CONVERGE).await;
+    p.wait_converged("t", "t", CONVERGE).await;
+    daemon.stop().await;
+}

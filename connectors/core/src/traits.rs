@@ -242,6 +242,10 @@ pub struct TableChanges {
     /// A key range to empty before the rows are applied (a resync chunk replacing the
     /// target's rows in the range of keys it read); see [`KeyRange`].
     pub clear: Option<KeyRange>,
+    /// The rows were read from the source's tables (a snapshot, backfill or resync
+    /// chunk) and none of their keys is expected in the target: a sink may load them in
+    /// bulk (Postgres `COPY`), falling back to upserts when a key is there after all.
+    pub bulk: bool,
     /// Rows whose key columns identify rows to delete.
     pub deletes: Vec<Vec<Value>>,
     /// Rows to insert or update by key. A row may hold [`Value::Unchanged`]: such a row
@@ -309,6 +313,11 @@ impl TableChanges {
         }
     }
 
+    /// Rows copied from a source table, to load in bulk (see [`TableChanges::bulk`]).
+    pub fn copied(schema: Arc<TableSchema>, target: TableId, rows: Vec<Vec<Value>>) -> Self {
+        TableChanges { bulk: true, ..TableChanges::upserts(schema, target, rows) }
+    }
+
     /// Changes that only upsert `rows` (snapshot chunks).
     pub fn upserts(schema: Arc<TableSchema>, target: TableId, rows: Vec<Vec<Value>>) -> Self {
         TableChanges {
@@ -316,6 +325,7 @@ impl TableChanges {
             target,
             truncate: false,
             clear: None,
+            bulk: false,
             deletes: Vec::new(),
             upserts: rows,
             moves: Vec::new(),

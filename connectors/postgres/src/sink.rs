@@ -246,7 +246,11 @@ impl Sink for PgSink {
             let tx = client.transaction().await.map_err(|e| pg_error("starting a target transaction", e))?;
             let mut report = ApplyReport::default();
             for changes in &batch.tables {
-                report.rows_written += apply_table(&tx, &mut self.state, changes).await?;
+                report.rows_written += if bulk_loadable(changes) {
+                    copy_or_upsert(&tx, &mut self.state, changes).await?
+                } else {
+                    apply_table(&tx, &mut self.state, changes).await?
+                };
             }
             write_checkpoint(&tx, &mut self.state, &batch.pipeline, &batch.checkpoint).await?;
             tx.commit().await.map_err(|e| pg_error("committing the batch", e))?;
@@ -536,6 +540,79 @@ async fn apply_table<C: GenericClient + Sync>(
         rows += apply_set(tx, state, changes, kind, 0..changes.kind_len(kind)).await?;
     }
     Ok(rows)
+}
+
+/// Copied rows (see [`TableChanges::bulk`]) of a table with a key, nothing else.
+fn bulk_loadable(changes: &TableChanges) -> bool {
+    changes.bulk
+        && !changes.schema.is_keyless()
+        && changes.deletes.is_empty()
+        && changes.moves.is_empty()
+        && !changes.upserts.iter().flatten().any(|v| matches!(v, Value::Unchanged))
+}
+
+/// Loads copied rows with `COPY` (text format: each value as the target type's input,
+/// as the upsert path binds it), inside a savepoint; when a key is in the target after
+/// all (a table that was not empty), the rows are upserted instead.
+async fn copy_or_upsert(
+    tx: &tokio_postgres::Transaction<'_>,
+    state: &mut SinkState,
+    changes: &TableChanges,
+) -> Result<u64, ConnectorError> {
+    prepare_segment(tx, state, changes).await?;
+    if changes.upserts.is_empty() {
+        return Ok(0);
+    }
+    let schema = &changes.schema;
+    let target = &changes.target;
+    let casts = cast_types(state, schema, target)?;
+    let columns = schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
+    let mut data = bytes::BytesMut::with_capacity(changes.upserts.len() * 128);
+    for row in &changes.upserts {
+        for (i, value) in row.iter().enumerate() {
+            if i > 0 {
+                data.extend_from_slice(b"\t");
+            }
+            match pg_input_text(value, casts.get(i).map(String::as_str)) {
+                None => data.extend_from_slice(b"\\N"),
+                Some(text) => copy_escape(&mut data, &text),
+            }
+        }
+        data.extend_from_slice(b"\n");
+    }
+    let what = || format!("loading copied rows into {target}");
+    tx.batch_execute("SAVEPOINT tidewater_copy").await.map_err(|e| pg_error(what(), e))?;
+    let copied = async {
+        let sink = tx.copy_in(&format!("COPY {} ({columns}) FROM STDIN", quote_table(target))).await?;
+        futures_util::pin_mut!(sink);
+        futures_util::SinkExt::send(&mut sink, data.freeze()).await?;
+        sink.finish().await
+    }
+    .await;
+    match copied {
+        Ok(n) => {
+            tx.batch_execute("RELEASE SAVEPOINT tidewater_copy").await.map_err(|e| pg_error(what(), e))?;
+            Ok(n)
+        }
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT tidewater_copy").await.map_err(|e| pg_error(what(), e))?;
+            apply_table(tx, state, changes).await
+        }
+        Err(e) => Err(pg_error(what(), e)),
+    }
+}
+
+/// Appends `text` as a `COPY` text-format field.
+fn copy_escape(out: &mut bytes::BytesMut, text: &str) {
+    for &b in text.as_bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.extend_from_slice(&[b]),
+        }
+    }
 }
 
 /// Reconciles the target table with the segment's schema and runs its truncate.
