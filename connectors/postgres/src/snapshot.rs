@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tidewater_core::{ConnectorError, SnapshotChunk, TableSchema, Value};
 use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::sql::{pg_error, quote_ident};
 
@@ -36,19 +36,11 @@ pub fn chunk_sql(
     limit: usize,
     order: KeyOrder,
 ) -> String {
-    // Values as their type's text output, as `COPY` and pgoutput send them: `format('%s')`
-    // calls the output function, where a cast to text would not for every type (`true`
-    // for `t`, an inet with its netmask, a char(n) without its padding); it turns NULL
-    // into '', hence the CASE. The key is named through the table's alias: a bare name
-    // in ORDER BY would mean an output column.
-    let select = table
-        .columns
-        .iter()
-        .map(|c| {
-            let col = format!("r.{}", quote_ident(&c.name));
-            format!("CASE WHEN {col} IS NULL THEN NULL ELSE format('%s', {col}) END")
-        })
-        .collect::<Vec<_>>();
+    // Plain columns: the query runs under a cursor whose rows are fetched over the simple
+    // query protocol, which sends each value as its type's text output (as `COPY` and
+    // pgoutput do). The key is named through the table's alias: a bare name in ORDER BY
+    // would mean an output column.
+    let select = table.columns.iter().map(|c| format!("r.{}", quote_ident(&c.name))).collect::<Vec<_>>();
     let bytewise = |i: usize| order == KeyOrder::Bytes && table.columns[i].kind.is_text_like();
     let keys: Vec<String> = table
         .key
@@ -127,11 +119,33 @@ pub async fn read_chunk(
     let chunk_rows = chunk_rows.max(1);
     let what = || format!("copying {}", table.id);
     let sql = chunk_sql(table, from, casts, after.is_some(), chunk_rows, order);
-    let statement = reader.prepare(&sql).await.map_err(|e| pg_error(what(), e))?;
     let bound: Vec<Option<String>> = after.map(|key| key.iter().map(Value::to_pg_text).collect()).unwrap_or_default();
     let params: Vec<&(dyn ToSql + Sync)> = bound.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
-    let rows = reader.query(&statement, &params).await.map_err(|e| pg_error(what(), e))?;
-    rows.iter().map(|row| crate::source::decode_text_row(table, row)).collect()
+    // A cursor takes the bound key (the extended protocol), the simple protocol fetches
+    // its rows as text: each type's output, without a conversion per value on the server.
+    reader
+        .execute(&format!("DECLARE tidewater_chunk NO SCROLL CURSOR FOR {sql}"), &params)
+        .await
+        .map_err(|e| pg_error(what(), e))?;
+    let messages = reader
+        .simple_query("FETCH ALL FROM tidewater_chunk; CLOSE tidewater_chunk")
+        .await
+        .map_err(|e| pg_error(what(), e))?;
+    let mut rows = Vec::with_capacity(chunk_rows);
+    for message in &messages {
+        if let SimpleQueryMessage::Row(row) = message {
+            if row.len() != table.columns.len() {
+                return Err(ConnectorError::fatal(format!(
+                    "copying {}: {} values for {} columns",
+                    table.id,
+                    row.len(),
+                    table.columns.len()
+                )));
+            }
+            rows.push(crate::source::decode_text_values(table, |i| row.get(i))?);
+        }
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]
@@ -159,7 +173,7 @@ mod tests {
             enum_labels: Vec::new(),
         };
         let casts = [("a".to_string(), "bigint".to_string()), ("b".to_string(), "text".to_string())].into();
-        let out = |c: &str| format!("CASE WHEN r.\"{c}\" IS NULL THEN NULL ELSE format('%s', r.\"{c}\") END");
+        let out = |c: &str| format!("r.\"{c}\"");
         let (a, val, b) = (out("a"), out("Val"), out("b"));
         assert_eq!(
             chunk_sql(&table, "\"s\".\"t\"", &casts, false, 10, KeyOrder::Index),

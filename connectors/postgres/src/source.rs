@@ -902,11 +902,19 @@ async fn import_snapshot(
 
 /// One row of text values (each column's text output) decoded into `table`'s columns.
 pub(crate) fn decode_text_row(table: &TableSchema, row: &tokio_postgres::Row) -> Result<Vec<Value>, ConnectorError> {
+    decode_text_values(table, |i| row.get::<_, Option<&str>>(i))
+}
+
+/// Column `i`'s text output is `text(i)` (`None`: NULL); decoded into `table`'s columns.
+pub(crate) fn decode_text_values<'a>(
+    table: &TableSchema,
+    text: impl Fn(usize) -> Option<&'a str>,
+) -> Result<Vec<Value>, ConnectorError> {
     table
         .columns
         .iter()
         .enumerate()
-        .map(|(i, column)| match row.get::<_, Option<&str>>(i) {
+        .map(|(i, column)| match text(i) {
             None => Ok(Value::Null),
             Some(text) => decode_text(&column.kind, text.as_bytes())
                 .map_err(|e| ConnectorError::fatal(format!("{}.{}: {e}", table.id, column.name))),
