@@ -23,7 +23,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tidewater_core::{
-    ApplyBatch, Checkpoint, ConnectorError, CopiedTable, Sink, Source, TableChanges, TableId, TablePlan, Value,
+    ApplyBatch, Checkpoint, ConnectorError, CopiedTable, RawFormat, Sink, Source, TableChanges, TableId, TablePlan,
+    Value,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -275,6 +276,8 @@ async fn copy_tables(
     mut progress: Option<&mut CopyProgress>,
 ) -> Result<(), ConnectorError> {
     let plans: Vec<&TablePlan> = plans.collect();
+    // Rows travel undecoded where the target reads the source's own bulk format.
+    source.prefer_raw(Some(RawFormat::PgCopyText).filter(|&f| sink.accepts_raw(f)));
     for plan in &plans {
         let name = plan.source.id.to_string();
         let recorded = progress.as_deref().and_then(|p| p.tables.get(&name)).cloned().unwrap_or_default();
@@ -307,18 +310,20 @@ async fn copy_tables(
         let write = async {
             let mut rows_total = 0u64;
             while let Some(chunk) = rx.recv().await {
-                let rows = chunk.rows.len() as u64;
+                let rows = chunk.len() as u64;
                 let mut batch_checkpoint = checkpoint.clone();
                 if let Some(p) = progress.as_deref_mut() {
                     let entry = p.tables.entry(name.clone()).or_default();
                     entry.rows += rows;
-                    if let Some(last) = chunk.rows.last().filter(|_| !plan.source.key.is_empty()) {
-                        entry.after = Some(plan.source.key.iter().map(|&i| last[i].to_json()).collect());
+                    if let Some(last) = chunk.last_key().filter(|_| !plan.source.key.is_empty()) {
+                        entry.after = Some(last.iter().map(Value::to_json).collect());
                     }
                     batch_checkpoint.copy_progress = Some(p.to_text());
                 }
                 let mut batch = ApplyBatch::checkpoint_only(&cfg.name, batch_checkpoint);
-                batch.tables.push(TableChanges::copied(chunk.table, plan.target.clone(), chunk.rows));
+                let mut changes = TableChanges::copied(chunk.table, plan.target.clone(), chunk.rows);
+                changes.raw = chunk.raw;
+                batch.tables.push(changes);
                 let Some((report, _)) = apply_with_retry(cfg, status, shutdown, sink, &batch).await? else {
                     return Err(ConnectorError::transient("shutting down during the copy"));
                 };

@@ -19,7 +19,7 @@ pub use event::{ChangeEvent, Checkpoint, Op, Transaction};
 pub use schema::{Column, ColumnChanges, ColumnType, Engine, TableId, TableSchema};
 pub use traits::{
     scratch_name, ApplyBatch, ApplyReport, Comparison, CopiedTable, DeadLetter, DeadLetterRecord, Difference, Isolator,
-    KeyRange, MovedRow, PositionOrder, RowKind, RowOrigin, Sink, SnapshotChunk, Source, SourceItem, SourceProgress,
-    StreamHandle, TableChanges, TablePlan, TransactionPart, ROW_KINDS_IN_ORDER,
+    KeyRange, MovedRow, PositionOrder, RawFormat, RawRows, RowKind, RowOrigin, Sink, SnapshotChunk, Source, SourceItem,
+    SourceProgress, StreamHandle, TableChanges, TablePlan, TransactionPart, ROW_KINDS_IN_ORDER,
 };
 pub use value::Value;

@@ -166,6 +166,12 @@ pub trait Source: Send {
         Err(ConnectorError::fatal(format!("this source cannot resync a table ({})", table.id)))
     }
 
+    /// Asks for the rows of the next [`Source::snapshot_table`] reads in `format` (as
+    /// [`SnapshotChunk::raw`]) where the source can give them so; default: never.
+    fn prefer_raw(&mut self, format: Option<RawFormat>) {
+        let _ = format;
+    }
+
     /// How two positions of this source's stream compare (`None` when either is not
     /// one), as a plain function that outlives the source.
     fn position_order(&self) -> PositionOrder {
@@ -207,11 +213,62 @@ impl CopiedTable {
     }
 }
 
-/// A chunk of rows read from a table in the initial snapshot.
+/// A chunk of rows read from a table in the initial snapshot: decoded `rows`, or (when
+/// the source was asked for its raw form, see [`Source::prefer_raw`]) `raw` with `rows`
+/// empty.
 #[derive(Debug)]
 pub struct SnapshotChunk {
     pub table: Arc<TableSchema>,
     pub rows: Vec<Vec<Value>>,
+    pub raw: Option<RawRows>,
+}
+
+impl SnapshotChunk {
+    pub fn new(table: Arc<TableSchema>, rows: Vec<Vec<Value>>) -> Self {
+        SnapshotChunk { table, rows, raw: None }
+    }
+
+    /// Rows in the chunk.
+    pub fn len(&self) -> usize {
+        self.raw.as_ref().map_or(self.rows.len(), |r| r.count)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The key of the chunk's last row (tables with a key).
+    pub fn last_key(&self) -> Option<Vec<Value>> {
+        match &self.raw {
+            Some(raw) => raw.last_key.clone(),
+            None => self.rows.last().map(|row| self.table.key.iter().map(|&i| row[i].clone()).collect()),
+        }
+    }
+}
+
+/// The encodings rows can travel in from a source to a sink without being decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawFormat {
+    /// Postgres `COPY` text format (each value its type's text output, escaped; tab
+    /// between columns in the schema's order, a newline after each row).
+    PgCopyText,
+}
+
+/// Rows in a [`RawFormat`], as a source read them.
+#[derive(Clone)]
+pub struct RawRows {
+    pub format: RawFormat,
+    pub data: Arc<[u8]>,
+    /// Rows in `data`.
+    pub count: usize,
+    /// The key of the last row (tables with a key).
+    pub last_key: Option<Vec<Value>>,
+}
+
+impl std::fmt::Debug for RawRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RawRows({:?}, {} rows, {} bytes)", self.format, self.count, self.data.len())
+    }
 }
 
 /// A source table and the target table it is written to.
@@ -246,6 +303,9 @@ pub struct TableChanges {
     /// chunk) and none of their keys is expected in the target: a sink may load them in
     /// bulk (Postgres `COPY`), falling back to upserts when a key is there after all.
     pub bulk: bool,
+    /// Copied rows in a source's raw form (with `upserts` empty), for a sink that
+    /// accepts it ([`Sink::accepts_raw`]); it decodes them itself when it needs values.
+    pub raw: Option<RawRows>,
     /// Rows whose key columns identify rows to delete.
     pub deletes: Vec<Vec<Value>>,
     /// Rows to insert or update by key. A row may hold [`Value::Unchanged`]: such a row
@@ -326,6 +386,7 @@ impl TableChanges {
             truncate: false,
             clear: None,
             bulk: false,
+            raw: None,
             deletes: Vec::new(),
             upserts: rows,
             moves: Vec::new(),
@@ -467,6 +528,12 @@ pub trait Sink: Send {
         tables: &[CopiedTable],
         checkpoint: &Checkpoint,
     ) -> Result<(), ConnectorError>;
+
+    /// Whether [`Sink::apply`] takes copied rows in `format` ([`TableChanges::raw`]).
+    fn accepts_raw(&self, format: RawFormat) -> bool {
+        let _ = format;
+        false
+    }
 
     /// Applies one batch atomically; see the trait contract.
     async fn apply(&mut self, batch: &ApplyBatch) -> Result<ApplyReport, ConnectorError>;

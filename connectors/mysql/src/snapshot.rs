@@ -323,7 +323,7 @@ async fn send(
     table: &Arc<TableSchema>,
     rows: Vec<Vec<Value>>,
 ) -> Result<(), ConnectorError> {
-    out.send(SnapshotChunk { table: table.clone(), rows })
+    out.send(SnapshotChunk::new(table.clone(), rows))
         .await
         .map_err(|_| ConnectorError::transient("snapshot consumer stopped"))
 }

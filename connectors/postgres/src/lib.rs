@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod check;
 pub mod conn;
+mod copy_text;
 pub mod pgoutput;
 pub mod replication;
 pub mod sink;

@@ -240,6 +240,10 @@ impl Sink for PgSink {
         self.put_back(client, result)
     }
 
+    fn accepts_raw(&self, format: tidewater_core::RawFormat) -> bool {
+        format == tidewater_core::RawFormat::PgCopyText
+    }
+
     async fn apply(&mut self, batch: &ApplyBatch) -> Result<ApplyReport, ConnectorError> {
         let mut client = self.take_client().await?;
         let result = async {
@@ -267,8 +271,9 @@ impl Sink for PgSink {
             let mut report = ApplyReport::default();
             let mut dead_letters = Vec::new();
             for changes in &batch.tables {
+                let changes = materialized(changes)?;
                 report.rows_written +=
-                    apply_table_isolating(&tx, &mut self.state, batch, changes, &mut dead_letters).await?;
+                    apply_table_isolating(&tx, &mut self.state, batch, &changes, &mut dead_letters).await?;
             }
             report.dead_letters = dead_letters.len() as u64;
             write_dead_letters(&tx, &mut self.state, &batch.pipeline, &dead_letters).await?;
@@ -544,11 +549,11 @@ async fn apply_table<C: GenericClient + Sync>(
 
 /// Copied rows (see [`TableChanges::bulk`]) of a table with a key, nothing else.
 fn bulk_loadable(changes: &TableChanges) -> bool {
-    changes.bulk
-        && !changes.schema.is_keyless()
-        && changes.deletes.is_empty()
-        && changes.moves.is_empty()
-        && !changes.upserts.iter().flatten().any(|v| matches!(v, Value::Unchanged))
+    changes.raw.is_some()
+        || changes.bulk
+            && changes.deletes.is_empty()
+            && changes.moves.is_empty()
+            && !changes.upserts.iter().flatten().any(|v| matches!(v, Value::Unchanged))
 }
 
 /// Loads copied rows with `COPY` (text format: each value as the target type's input,
@@ -560,7 +565,7 @@ async fn copy_or_upsert(
     changes: &TableChanges,
 ) -> Result<u64, ConnectorError> {
     prepare_segment(tx, state, changes).await?;
-    if changes.upserts.is_empty() {
+    if changes.upserts.is_empty() && changes.raw.as_ref().is_none_or(|r| r.count == 0) {
         return Ok(0);
     }
     let schema = &changes.schema;
@@ -568,6 +573,9 @@ async fn copy_or_upsert(
     let casts = cast_types(state, schema, target)?;
     let columns = schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
     let mut data = bytes::BytesMut::with_capacity(changes.upserts.len() * 128);
+    if let Some(raw) = &changes.raw {
+        data.extend_from_slice(&raw.data);
+    }
     for row in &changes.upserts {
         for (i, value) in row.iter().enumerate() {
             if i > 0 {
@@ -575,7 +583,7 @@ async fn copy_or_upsert(
             }
             match pg_input_text(value, casts.get(i).map(String::as_str)) {
                 None => data.extend_from_slice(b"\\N"),
-                Some(text) => copy_escape(&mut data, &text),
+                Some(text) => crate::copy_text::escape(&mut data, text.as_bytes()),
             }
         }
         data.extend_from_slice(b"\n");
@@ -596,23 +604,26 @@ async fn copy_or_upsert(
         }
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
             tx.batch_execute("ROLLBACK TO SAVEPOINT tidewater_copy").await.map_err(|e| pg_error(what(), e))?;
-            apply_table(tx, state, changes).await
+            apply_table(tx, state, &*materialized(changes)?).await
         }
         Err(e) => Err(pg_error(what(), e)),
     }
 }
 
-/// Appends `text` as a `COPY` text-format field.
-fn copy_escape(out: &mut bytes::BytesMut, text: &str) {
-    for &b in text.as_bytes() {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            _ => out.extend_from_slice(&[b]),
-        }
+/// `changes` with its raw rows (if any) decoded into upserts.
+fn materialized(changes: &TableChanges) -> Result<std::borrow::Cow<'_, TableChanges>, ConnectorError> {
+    let Some(raw) = &changes.raw else { return Ok(std::borrow::Cow::Borrowed(changes)) };
+    let kinds: Vec<ColumnType> = changes.schema.columns.iter().map(|c| c.kind.clone()).collect();
+    let mut rows = Vec::with_capacity(raw.count);
+    for line in raw.data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        rows.push(crate::copy_text::parse_line(line, &kinds).map_err(|e| {
+            ConnectorError::fatal(format!("copied rows of {}: cannot decode a row: {e}", changes.schema.id))
+        })?);
     }
+    let mut decoded = changes.clone();
+    decoded.raw = None;
+    decoded.upserts.extend(rows);
+    Ok(std::borrow::Cow::Owned(decoded))
 }
 
 /// Reconciles the target table with the segment's schema and runs its truncate.

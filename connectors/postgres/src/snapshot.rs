@@ -7,10 +7,10 @@
 
 use std::sync::Arc;
 
-use tidewater_core::{ConnectorError, SnapshotChunk, TableSchema, Value};
+use tidewater_core::{ConnectorError, RawFormat, RawRows, SnapshotChunk, TableSchema, Value};
 use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage, SimpleQueryRow};
 
 use crate::sql::{pg_error, quote_ident};
 
@@ -76,7 +76,9 @@ pub fn chunk_sql(
 }
 
 /// Sends the rows of `table` (which has a key) whose key is greater than `after` (all
-/// rows without it), in key order, in chunks of `chunk_rows`.
+/// rows without it), in key order, in chunks of `chunk_rows`; with `raw`, as `COPY` text
+/// (see [`tidewater_core::RawFormat::PgCopyText`]) instead of decoded values.
+#[allow(clippy::too_many_arguments)]
 pub async fn read_keyed(
     reader: &Client,
     table: &Arc<TableSchema>,
@@ -84,21 +86,24 @@ pub async fn read_keyed(
     casts: &std::collections::HashMap<String, String>,
     chunk_rows: usize,
     after: Option<&[Value]>,
+    raw: bool,
     out: &mpsc::Sender<SnapshotChunk>,
 ) -> Result<(), ConnectorError> {
     let chunk_rows = chunk_rows.max(1);
     let mut bound: Option<Vec<Value>> = after.map(<[Value]>::to_vec);
     loop {
-        let chunk = read_chunk(reader, table, from, casts, chunk_rows, bound.as_deref(), KeyOrder::Index).await?;
-        let count = chunk.len();
-        if let Some(last) = chunk.last() {
-            bound = Some(table.key.iter().map(|&i| last[i].clone()).collect());
+        let rows = fetch(reader, table, from, casts, chunk_rows, bound.as_deref(), KeyOrder::Index).await?;
+        let count = rows.len();
+        if count == 0 {
+            return Ok(());
         }
-        if !chunk.is_empty() {
-            out.send(SnapshotChunk { table: table.clone(), rows: chunk })
-                .await
-                .map_err(|_| ConnectorError::transient("snapshot consumer stopped"))?;
-        }
+        let chunk = if raw {
+            SnapshotChunk { table: table.clone(), rows: Vec::new(), raw: Some(raw_rows(table, &rows)?) }
+        } else {
+            SnapshotChunk::new(table.clone(), decode(table, &rows)?)
+        };
+        bound = chunk.last_key();
+        out.send(chunk).await.map_err(|_| ConnectorError::transient("snapshot consumer stopped"))?;
         if count < chunk_rows {
             return Ok(());
         }
@@ -116,6 +121,20 @@ pub async fn read_chunk(
     after: Option<&[Value]>,
     order: KeyOrder,
 ) -> Result<Vec<Vec<Value>>, ConnectorError> {
+    let rows = fetch(reader, table, from, casts, chunk_rows, after, order).await?;
+    decode(table, &rows)
+}
+
+/// The rows of one chunk (see [`read_chunk`]), each value as its type's text output.
+async fn fetch(
+    reader: &Client,
+    table: &Arc<TableSchema>,
+    from: &str,
+    casts: &std::collections::HashMap<String, String>,
+    chunk_rows: usize,
+    after: Option<&[Value]>,
+    order: KeyOrder,
+) -> Result<Vec<SimpleQueryRow>, ConnectorError> {
     let chunk_rows = chunk_rows.max(1);
     let what = || format!("copying {}", table.id);
     let sql = chunk_sql(table, from, casts, after.is_some(), chunk_rows, order);
@@ -132,7 +151,7 @@ pub async fn read_chunk(
         .await
         .map_err(|e| pg_error(what(), e))?;
     let mut rows = Vec::with_capacity(chunk_rows);
-    for message in &messages {
+    for message in messages {
         if let SimpleQueryMessage::Row(row) = message {
             if row.len() != table.columns.len() {
                 return Err(ConnectorError::fatal(format!(
@@ -142,10 +161,40 @@ pub async fn read_chunk(
                     table.columns.len()
                 )));
             }
-            rows.push(crate::source::decode_text_values(table, |i| row.get(i))?);
+            rows.push(row);
         }
     }
     Ok(rows)
+}
+
+fn decode(table: &TableSchema, rows: &[SimpleQueryRow]) -> Result<Vec<Vec<Value>>, ConnectorError> {
+    rows.iter().map(|row| crate::source::decode_text_values(table, |i| row.get(i))).collect()
+}
+
+/// The rows as `COPY` text, and the last row's key decoded.
+fn raw_rows(table: &TableSchema, rows: &[SimpleQueryRow]) -> Result<RawRows, ConnectorError> {
+    let mut data = bytes::BytesMut::with_capacity(rows.len() * 128);
+    for row in rows {
+        for i in 0..table.columns.len() {
+            if i > 0 {
+                data.extend_from_slice(b"\t");
+            }
+            match row.get(i) {
+                None => data.extend_from_slice(b"\\N"),
+                Some(text) => crate::copy_text::escape(&mut data, text.as_bytes()),
+            }
+        }
+        data.extend_from_slice(b"\n");
+    }
+    let last_key = match rows.last() {
+        Some(row) => {
+            let values =
+                crate::source::decode_text_values(table, |i| if table.key.contains(&i) { row.get(i) } else { None })?;
+            Some(table.key.iter().map(|&i| values[i].clone()).collect())
+        }
+        None => None,
+    };
+    Ok(RawRows { format: RawFormat::PgCopyText, data: Arc::from(&data[..]), count: rows.len(), last_key })
 }
 
 #[cfg(test)]

@@ -93,6 +93,8 @@ pub struct PgSource {
     backfill_position: Option<String>,
     /// Per table: changes in transactions committing before this LSN are in its copy.
     table_starts: HashMap<TableId, u64>,
+    /// Snapshot chunks of tables with a key as `COPY` text (see `Source::prefer_raw`).
+    raw: bool,
 }
 
 /// Converts a replication-connection error, classifying it like any other SQLSTATE.
@@ -119,6 +121,7 @@ impl PgSource {
             snapshot: None,
             backfill_position: None,
             table_starts: HashMap::new(),
+            raw: false,
         }
     }
 
@@ -485,6 +488,10 @@ impl Source for PgSource {
         Ok((position, rows))
     }
 
+    fn prefer_raw(&mut self, format: Option<tidewater_core::RawFormat>) {
+        self.raw = format == Some(tidewater_core::RawFormat::PgCopyText);
+    }
+
     fn position_order(&self) -> tidewater_core::PositionOrder {
         |a, b| Some(parse_lsn(a)?.cmp(&parse_lsn(b)?))
     }
@@ -517,7 +524,9 @@ impl Source for PgSource {
         if !table.key.is_empty() {
             let casts = crate::catalog::cast_types(&session.reader, &table.id).await?;
             let from = quote_table(&table.id);
-            return crate::snapshot::read_keyed(&session.reader, table, &from, &casts, chunk_rows, after, out).await;
+            let raw = self.raw;
+            return crate::snapshot::read_keyed(&session.reader, table, &from, &casts, chunk_rows, after, raw, out)
+                .await;
         }
         if after.is_some() {
             return Err(ConnectorError::fatal(format!(
@@ -547,7 +556,7 @@ impl Source for PgSource {
             buf.extend_from_slice(&chunk);
             while let Some(end) = buf.iter().position(|&b| b == b'\n') {
                 let line = buf.split_to(end + 1);
-                rows.push(parse_copy_line(&line[..end], &kinds).map_err(|e| {
+                rows.push(crate::copy_text::parse_line(&line[..end], &kinds).map_err(|e| {
                     ConnectorError::fatal(format!("snapshot of {}: cannot decode a row: {e}", table.id))
                 })?);
                 if rows.len() >= chunk_rows {
@@ -749,92 +758,9 @@ async fn send_chunk(
     table: &Arc<TableSchema>,
     rows: Vec<Vec<Value>>,
 ) -> Result<(), ConnectorError> {
-    out.send(SnapshotChunk { table: table.clone(), rows })
+    out.send(SnapshotChunk::new(table.clone(), rows))
         .await
         .map_err(|_| ConnectorError::transient("snapshot consumer stopped"))
-}
-
-/// Parses one line of `COPY ... TO STDOUT` text format.
-fn parse_copy_line(line: &[u8], kinds: &[ColumnType]) -> Result<Vec<Value>, String> {
-    let mut values = Vec::with_capacity(kinds.len());
-    let mut field = Vec::new();
-    for (n, raw) in line.split(|&b| b == b'\t').enumerate() {
-        let kind = kinds.get(n).ok_or_else(|| format!("more fields than the {} columns", kinds.len()))?;
-        if raw == b"\\N" {
-            values.push(Value::Null);
-            continue;
-        }
-        let text: &[u8] = if raw.contains(&b'\\') {
-            unescape_copy(raw, &mut field)?;
-            &field
-        } else {
-            raw
-        };
-        values.push(decode_text(kind, text)?);
-    }
-    if values.len() != kinds.len() {
-        return Err(format!("{} fields for {} columns", values.len(), kinds.len()));
-    }
-    Ok(values)
-}
-
-fn unescape_copy(raw: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-    out.clear();
-    let mut i = 0;
-    while i < raw.len() {
-        let b = raw[i];
-        i += 1;
-        if b != b'\\' {
-            out.push(b);
-            continue;
-        }
-        let Some(&next) = raw.get(i) else {
-            return Err("dangling backslash".into());
-        };
-        i += 1;
-        match next {
-            b'b' => out.push(8),
-            b'f' => out.push(12),
-            b'n' => out.push(b'\n'),
-            b'r' => out.push(b'\r'),
-            b't' => out.push(b'\t'),
-            b'v' => out.push(11),
-            b'0'..=b'7' => {
-                let mut value = u32::from(next - b'0');
-                for _ in 0..2 {
-                    match raw.get(i) {
-                        Some(&d @ b'0'..=b'7') => {
-                            value = value * 8 + u32::from(d - b'0');
-                            i += 1;
-                        }
-                        _ => break,
-                    }
-                }
-                out.push(value as u8);
-            }
-            b'x' => {
-                let mut value = 0u8;
-                let mut digits = 0;
-                while digits < 2 {
-                    match raw.get(i).and_then(|d| (*d as char).to_digit(16)) {
-                        Some(d) => {
-                            value = value * 16 + d as u8;
-                            i += 1;
-                            digits += 1;
-                        }
-                        None => break,
-                    }
-                }
-                if digits == 0 {
-                    out.push(b'x');
-                } else {
-                    out.push(value);
-                }
-            }
-            other => out.push(other),
-        }
-    }
-    Ok(())
 }
 
 struct RelationInfo {
@@ -1143,11 +1069,11 @@ mod tests {
     #[test]
     fn copy_text_lines_unescape() {
         let kinds = [ColumnType::Int32, ColumnType::Text, ColumnType::Text];
-        let row = parse_copy_line(b"7\ta\\tb\\\\c\\nd\t\\N", &kinds).unwrap();
+        let row = crate::copy_text::parse_line(b"7\ta\\tb\\\\c\\nd\t\\N", &kinds).unwrap();
         assert_eq!(row, vec![Value::Int(7), Value::Text("a\tb\\c\nd".into()), Value::Null]);
-        assert!(parse_copy_line(b"1\tx", &kinds).is_err());
+        assert!(crate::copy_text::parse_line(b"1\tx", &kinds).is_err());
         let mut out = Vec::new();
-        unescape_copy(b"\\101\\x41\\q", &mut out).unwrap();
+        crate::copy_text::unescape(b"\\101\\x41\\q", &mut out).unwrap();
         assert_eq!(out, b"AAq");
     }
 }
