@@ -30,6 +30,7 @@ initdb                 postgresql-15         all          /usr/lib/postgresql/15
 pg_ctl                 postgresql-15         all          /usr/lib/postgresql/15/bin/pg_ctl
 postgres               postgresql-15         all          /usr/lib/postgresql/15/bin/postgres
 psql                   postgresql-client-15  all          /usr/lib/postgresql/15/bin/psql
+pg_dump                postgresql-client-15  all          /usr/lib/postgresql/15/bin/pg_dump
 # -- throwaway MariaDB servers (tests/support/mysql.rs, scripts/lib/mysql.sh)
 mariadbd               mariadb-server        all          /usr/sbin/mariadbd
 mariadb-install-db     mariadb-server        all          -
