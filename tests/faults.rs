@@ -202,3 +202,61 @@ async fn network_cut_of_10s_to_source_then_target_converges() {
     assert!(settled["retries_total"].as_u64().unwrap() >= 2, "{settled}");
     daemon.stop().await;
 }
+
+/// kill -9 of the daemon at random points of a resync, under writes to the table: each
+/// restart continues after the recorded chunk (never goes back), the target ends equal to
+/// the source (hand edits repaired, nothing lost or doubled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_resync_continues_it_after_the_last_chunk() {
+    let _serial = SERIAL.lock().await;
+    let mut p = TestPipeline::new(
+        "rskill",
+        "CREATE TABLE big (id int PRIMARY KEY, pad text); \
+         INSERT INTO big SELECT 2 * g, md5(g::text) FROM generate_series(1, 120000) g;",
+        &["public.big"],
+    )
+    .await;
+    p.pipeline_extra = format!("resync_pause_ms = 150\n{FAST_RETRY}");
+    let src = p.source_client().await;
+    let dst = p.target_client().await;
+    let mut child = p.spawn_process();
+    p.wait_state("streaming", WAIT).await;
+    p.wait_converged("big", "big", WAIT).await;
+    dst.batch_execute("DELETE FROM big WHERE id % 999 = 0; INSERT INTO big VALUES (3, 'stray'), (200001, 'stray')")
+        .await
+        .unwrap();
+    let url = format!("http://127.0.0.1:{}/pipelines/{}/resync", p.status_port, p.name);
+    let (code, _, body) =
+        tidewater::http_request("POST", &url, None, Some(r#"{"table": "public.big"}"#)).await.unwrap();
+    assert_eq!(code, 202, "{body}");
+    // The rows the checkpoint records as resynced (`None`: no resync recorded).
+    let recorded = || async {
+        let row = dst
+            .query_one("SELECT copy_progress FROM tidewater_checkpoints WHERE pipeline = $1", &[&p.name])
+            .await
+            .unwrap();
+        let text: Option<String> = row.get(0);
+        let json: serde_json::Value = text.map_or(serde_json::Value::Null, |t| serde_json::from_str(&t).unwrap());
+        json["resync"][0]["rows"].as_u64()
+    };
+    wait_for("the resync request recorded", WAIT, || async { recorded().await }).await;
+    let mut before = 0;
+    for round in 0..4 {
+        tokio::time::sleep(Duration::from_millis(300 + rand::random::<u64>() % 500)).await;
+        src.execute("UPDATE big SET pad = 'changed' WHERE id = $1", &[&(2 * (round * 30000 + 7))]).await.unwrap();
+        src.execute("DELETE FROM big WHERE id = $1", &[&(2 * (round * 30000 + 11))]).await.unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let now = recorded().await;
+        child = p.spawn_process();
+        let Some(now) = now else { break }; // finished before this kill
+        assert!(now >= before, "round {round}: the resync went back from {before} to {now} rows:\n{}", p.daemon_log());
+        before = now;
+        p.wait_state("streaming", WAIT).await;
+    }
+    assert!(before > 0, "no resync chunk was recorded before a kill");
+    wait_for("the resync finished", WAIT, || async { recorded().await.is_none().then_some(()) }).await;
+    p.wait_converged("big", "big", WAIT).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

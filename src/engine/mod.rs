@@ -392,6 +392,8 @@ async fn stream(
                     item = items.recv() => Wake::Item(item),
                     _ = shutdown.changed() => Wake::Shutdown,
                     received = resyncs.receive() => Wake::ResyncChunk(received),
+                    // A resync request: taken at the top of the loop.
+                    _ = status.resync_wake.notified() => Wake::Tick,
                     // Idle: wake up now and then to show the loop is not wedged.
                     _ = tokio::time::sleep(IDLE_TICK) => Wake::Tick,
                 };

@@ -236,6 +236,8 @@ pub struct PipelineStatus {
     /// Tables asked to be resynced (`POST /pipelines/NAME/resync`), not yet taken by
     /// the pipeline's task.
     resync_requests: Mutex<Vec<String>>,
+    /// Wakes the pipeline's task for a resync request.
+    pub resync_wake: tokio::sync::Notify,
 }
 
 impl PipelineStatus {
@@ -261,12 +263,14 @@ impl PipelineStatus {
             }),
             progress: Arc::new(SourceProgress::default()),
             resync_requests: Mutex::new(Vec::new()),
+            resync_wake: tokio::sync::Notify::new(),
         })
     }
 
     /// Asks the pipeline to resync source table `table` (as `/status` names it).
     pub fn request_resync(&self, table: &str) {
         self.resync_requests.lock().unwrap_or_else(|p| p.into_inner()).push(table.to_string());
+        self.resync_wake.notify_one();
     }
 
     /// The resync requests made since the last call.
