@@ -150,6 +150,8 @@ pub struct RawPipeline {
     pub max_batch_delay_ms: Option<u64>,
     /// Pause between the chunks of a resync (throttle for a busy source).
     pub resync_pause_ms: Option<u64>,
+    /// Snapshot chunks written at once, each over a target connection of its own.
+    pub snapshot_parallelism: Option<usize>,
     pub slot: Option<String>,
     pub publication: Option<String>,
     /// Renames, `"schema.table" = "schema.table"`: a configured source table (listed, or
@@ -286,10 +288,18 @@ pub struct PipelineConfig {
     pub max_batch_delay_ms: u64,
     /// Pause between the chunks a resync reads (0: none).
     pub resync_pause_ms: u64,
+    /// Snapshot chunks written at once (each over a target connection of its own,
+    /// committed in order); 1 for SQLite targets.
+    pub snapshot_parallelism: usize,
     pub slot: String,
     pub publication: String,
     pub renames: BTreeMap<String, String>,
     pub retry: RetryPolicy,
+}
+
+/// The number of CPUs, at most 4.
+fn default_snapshot_parallelism() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(4)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -669,6 +679,12 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
                 OnError::DeadLetter
             }
         };
+        if p.snapshot_parallelism == Some(0) {
+            errors.push(err(
+                format!("{key}.snapshot_parallelism"),
+                "must be at least 1 (snapshot chunks written at once; default: the number of CPUs, at most 4)",
+            ));
+        }
         let max_batch_events = p.max_batch_events.unwrap_or(DEFAULT_MAX_BATCH_EVENTS);
         if max_batch_events == 0 {
             errors.push(err(format!("{key}.max_batch_events"), "must be at least 1"));
@@ -741,6 +757,11 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
                 max_batch_events: max_batch_events.max(1),
                 max_batch_delay_ms: p.max_batch_delay_ms.unwrap_or(DEFAULT_MAX_BATCH_DELAY_MS),
                 resync_pause_ms: p.resync_pause_ms.unwrap_or(0),
+                snapshot_parallelism: match target.kind {
+                    // One writer at a time in a SQLite file.
+                    TargetKind::Sqlite => 1,
+                    _ => p.snapshot_parallelism.unwrap_or_else(default_snapshot_parallelism).max(1),
+                },
                 slot,
                 publication,
                 renames: p.tables.clone(),

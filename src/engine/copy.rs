@@ -23,8 +23,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tidewater_core::{
-    ApplyBatch, Checkpoint, ConnectorError, CopiedTable, RawFormat, Sink, Source, TableChanges, TableId, TablePlan,
-    Value,
+    ApplyBatch, ApplyReport, Checkpoint, ConnectorError, CopiedTable, RawFormat, Sink, Source, TableChanges, TableId,
+    TablePlan, Value,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -278,6 +278,17 @@ async fn copy_tables(
     let plans: Vec<&TablePlan> = plans.collect();
     // Rows travel undecoded where the target reads the source's own bulk format.
     source.prefer_raw(Some(RawFormat::PgCopyText).filter(|&f| sink.accepts_raw(f)));
+    // More writers, each with a target connection of its own (see [`write_group`]).
+    let mut extras: Vec<Box<dyn Sink>> = Vec::new();
+    if !plans.is_empty() {
+        let owned: Vec<TablePlan> = plans.iter().map(|p| (*p).clone()).collect();
+        for _ in 1..cfg.snapshot_parallelism {
+            let mut extra = crate::connectors::sink(cfg)?;
+            extra.prepare().await?;
+            extra.ensure_tables(&owned).await?;
+            extras.push(extra);
+        }
+    }
     for plan in &plans {
         let name = plan.source.id.to_string();
         let recorded = progress.as_deref().and_then(|p| p.tables.get(&name)).cloned().unwrap_or_default();
@@ -307,33 +318,45 @@ async fn copy_tables(
             result
         };
         let progress = &mut progress;
+        let extras = &mut extras;
         let write = async {
             let mut rows_total = 0u64;
-            while let Some(chunk) = rx.recv().await {
-                let rows = chunk.len() as u64;
-                let mut batch_checkpoint = checkpoint.clone();
-                if let Some(p) = progress.as_deref_mut() {
-                    let entry = p.tables.entry(name.clone()).or_default();
-                    entry.rows += rows;
-                    if let Some(last) = chunk.last_key().filter(|_| !plan.source.key.is_empty()) {
-                        entry.after = Some(last.iter().map(Value::to_json).collect());
+            while let Some(first) = rx.recv().await {
+                // As many chunks as there are writers, of those already read.
+                let mut group = vec![first];
+                while group.len() <= extras.len() {
+                    match rx.try_recv() {
+                        Ok(chunk) => group.push(chunk),
+                        Err(_) => break,
                     }
-                    batch_checkpoint.copy_progress = Some(p.to_text());
                 }
-                let mut batch = ApplyBatch::checkpoint_only(&cfg.name, batch_checkpoint);
-                let mut changes = TableChanges::copied(chunk.table, plan.target.clone(), chunk.rows);
-                changes.raw = chunk.raw;
-                batch.tables.push(changes);
-                let Some((report, _)) = apply_with_retry(cfg, status, shutdown, sink, &batch).await? else {
-                    return Err(ConnectorError::transient("shutting down during the copy"));
-                };
-                status.touch();
-                rows_total += rows;
-                let mut f = status.figures();
-                f.events_applied_total += rows.saturating_sub(report.dead_letters);
-                f.dead_letters_total += report.dead_letters;
-                if let Some(t) = f.table_mut(&name) {
-                    t.rows_copied += rows;
+                let mut batches = Vec::with_capacity(group.len());
+                for chunk in group {
+                    let rows = chunk.len() as u64;
+                    let mut batch_checkpoint = checkpoint.clone();
+                    if let Some(p) = progress.as_deref_mut() {
+                        let entry = p.tables.entry(name.clone()).or_default();
+                        entry.rows += rows;
+                        if let Some(last) = chunk.last_key().filter(|_| !plan.source.key.is_empty()) {
+                            entry.after = Some(last.iter().map(Value::to_json).collect());
+                        }
+                        batch_checkpoint.copy_progress = Some(p.to_text());
+                    }
+                    let mut batch = ApplyBatch::checkpoint_only(&cfg.name, batch_checkpoint);
+                    let mut changes = TableChanges::copied(chunk.table, plan.target.clone(), chunk.rows);
+                    changes.raw = chunk.raw;
+                    batch.tables.push(changes);
+                    batches.push((batch, rows));
+                }
+                for (rows, report) in write_group(cfg, status, shutdown, sink, extras, &batches).await? {
+                    status.touch();
+                    rows_total += rows;
+                    let mut f = status.figures();
+                    f.events_applied_total += rows.saturating_sub(report.dead_letters);
+                    f.dead_letters_total += report.dead_letters;
+                    if let Some(t) = f.table_mut(&name) {
+                        t.rows_copied += rows;
+                    }
                 }
             }
             Ok::<u64, ConnectorError>(rows_total)
@@ -369,6 +392,72 @@ async fn copy_tables(
         );
     }
     Ok(())
+}
+
+/// Writes consecutive chunks of one table: the first through `sink` (with retries), the
+/// others at the same time each in an open transaction of one of `extras`, committed in
+/// order once the chunk before is committed, so the recorded progress never passes a
+/// chunk that is not in the target. When an extra writer fails (a rejected row, a lost
+/// connection), its chunk and the ones after it are written again through `sink`, one
+/// by one (with retries and dead letters). Returns each chunk's rows and report.
+async fn write_group(
+    cfg: &PipelineConfig,
+    status: &PipelineStatus,
+    shutdown: &mut watch::Receiver<bool>,
+    sink: &mut dyn Sink,
+    extras: &mut [Box<dyn Sink>],
+    batches: &[(ApplyBatch, u64)],
+) -> Result<Vec<(u64, ApplyReport)>, ConnectorError> {
+    let shutting_down = || ConnectorError::transient("shutting down during the copy");
+    let Some(((first, first_rows), rest)) = batches.split_first() else { return Ok(Vec::new()) };
+    let alongside = futures_util::future::join_all(extras.iter_mut().zip(rest).map(|(extra, (batch, _))| async move {
+        extra.begin_large().await?;
+        extra.apply_part(batch, false).await
+    }));
+    let (main, parts) = tokio::join!(apply_with_retry(cfg, status, shutdown, sink, first), alongside);
+    let main = match main {
+        Ok(Some((report, _))) => report,
+        failed => {
+            for extra in extras.iter_mut() {
+                extra.abort_large().await;
+            }
+            return Err(failed.err().unwrap_or_else(shutting_down));
+        }
+    };
+    let mut done = vec![(*first_rows, main)];
+    let mut redo_from = None;
+    for (i, (extra, part)) in extras.iter_mut().zip(parts).enumerate() {
+        if redo_from.is_some() {
+            extra.abort_large().await;
+            continue;
+        }
+        let committed = match part {
+            Ok(report) => {
+                let last = ApplyBatch::checkpoint_only(&cfg.name, rest[i].0.checkpoint.clone());
+                extra.commit_large(&last, false).await.map(|_| report)
+            }
+            Err(e) => {
+                extra.abort_large().await;
+                Err(e)
+            }
+        };
+        match committed {
+            Ok(report) => done.push((rest[i].1, report)),
+            Err(e) => {
+                tracing::debug!(pipeline = %cfg.name, error = %e, "a parallel chunk write failed; writing it again alone");
+                redo_from = Some(i);
+            }
+        }
+    }
+    if let Some(from) = redo_from {
+        for (batch, rows) in &rest[from..] {
+            let Some((report, _)) = apply_with_retry(cfg, status, shutdown, sink, batch).await? else {
+                return Err(shutting_down());
+            };
+            done.push((*rows, report));
+        }
+    }
+    Ok(done)
 }
 
 #[cfg(test)]

@@ -444,7 +444,12 @@ async fn apply_part_in_open_transaction(
     let mut report = ApplyReport::default();
     let mut failure = None;
     for changes in &part.tables {
-        match apply_table(client, state, changes).await {
+        let applied = if bulk_loadable(changes) {
+            copy_or_upsert(client, state, changes).await
+        } else {
+            apply_table(client, state, changes).await
+        };
+        match applied {
             Ok(n) => report.rows_written += n,
             Err(e) => {
                 failure = Some(e);
@@ -559,8 +564,8 @@ fn bulk_loadable(changes: &TableChanges) -> bool {
 /// Loads copied rows with `COPY` (text format: each value as the target type's input,
 /// as the upsert path binds it), inside a savepoint; when a key is in the target after
 /// all (a table that was not empty), the rows are upserted instead.
-async fn copy_or_upsert(
-    tx: &tokio_postgres::Transaction<'_>,
+async fn copy_or_upsert<C: GenericClient + CopyIn + Sync>(
+    tx: &C,
     state: &mut SinkState,
     changes: &TableChanges,
 ) -> Result<u64, ConnectorError> {
@@ -591,7 +596,7 @@ async fn copy_or_upsert(
     let what = || format!("loading copied rows into {target}");
     tx.batch_execute("SAVEPOINT tidewater_copy").await.map_err(|e| pg_error(what(), e))?;
     let copied = async {
-        let sink = tx.copy_in(&format!("COPY {} ({columns}) FROM STDIN", quote_table(target))).await?;
+        let sink = tx.copy_in_sink(&format!("COPY {} ({columns}) FROM STDIN", quote_table(target))).await?;
         futures_util::pin_mut!(sink);
         futures_util::SinkExt::send(&mut sink, data.freeze()).await?;
         sink.finish().await
@@ -607,6 +612,34 @@ async fn copy_or_upsert(
             apply_table(tx, state, &*materialized(changes)?).await
         }
         Err(e) => Err(pg_error(what(), e)),
+    }
+}
+
+/// `COPY … FROM STDIN` on a client or in a transaction.
+trait CopyIn {
+    fn copy_in_sink<'a>(
+        &'a self,
+        sql: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<tokio_postgres::CopyInSink<bytes::Bytes>, tokio_postgres::Error>>;
+}
+
+impl CopyIn for Client {
+    fn copy_in_sink<'a>(
+        &'a self,
+        sql: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<tokio_postgres::CopyInSink<bytes::Bytes>, tokio_postgres::Error>>
+    {
+        Box::pin(self.copy_in(sql))
+    }
+}
+
+impl CopyIn for tokio_postgres::Transaction<'_> {
+    fn copy_in_sink<'a>(
+        &'a self,
+        sql: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<tokio_postgres::CopyInSink<bytes::Bytes>, tokio_postgres::Error>>
+    {
+        Box::pin(self.copy_in(sql))
     }
 }
 
