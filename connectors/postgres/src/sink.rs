@@ -30,6 +30,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_bookkeeping", include_str!("../../../migrations/postgres/0001_bookkeeping.sql")),
     ("0002_copied_position", include_str!("../../../migrations/postgres/0002_copied_position.sql")),
     ("0003_copy_progress", include_str!("../../../migrations/postgres/0003_copy_progress.sql")),
+    ("0004_migration_log", include_str!("../../../migrations/postgres/0004_migration_log.sql")),
 ];
 
 /// A target table's columns: name → type name usable in a cast (no typmod, so that
@@ -96,6 +97,18 @@ impl Sink for PgSink {
     async fn prepare(&mut self) -> Result<(), ConnectorError> {
         let mut client = self.take_client().await?;
         let result = async {
+            // Every migration recorded: nothing to run (and no lock to wait for).
+            let logged = client
+                .query(
+                    "SELECT name FROM public.tidewater_migrations WHERE to_regclass('public.tidewater_migrations') IS NOT NULL",
+                    &[],
+                )
+                .await
+                .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>())
+                .unwrap_or_default();
+            if MIGRATIONS.iter().all(|(name, _)| logged.iter().any(|l| l == name)) {
+                return Ok(());
+            }
             // Several pipelines (or daemons) may share a target: CREATE ... IF NOT EXISTS
             // races, so migrations run one at a time under an advisory lock.
             let tx = client.transaction().await.map_err(|e| pg_error("starting the migrations", e))?;
@@ -106,6 +119,11 @@ impl Sink for PgSink {
                 tx.batch_execute(sql)
                     .await
                     .map_err(|e| pg_error(format_args!("running migration {name} on the target"), e))?;
+            }
+            for (name, _) in MIGRATIONS {
+                tx.execute("INSERT INTO public.tidewater_migrations (name) VALUES ($1) ON CONFLICT DO NOTHING", &[name])
+                    .await
+                    .map_err(|e| pg_error("recording the migrations", e))?;
             }
             tx.commit().await.map_err(|e| pg_error("committing the migrations", e))
         }
