@@ -47,6 +47,8 @@ const READ_AHEAD: usize = 2;
 /// clear) rather than send a statement that large. Only a table written this fast
 /// while it is resynced gets there.
 const MAX_KEPT: usize = 5_000;
+/// Times in a row a chunk is read again because its columns differ from the stream's.
+const MAX_REREADS: u32 = 3;
 
 /// A table being resynced, as recorded in the checkpoint's `copy_progress`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -91,6 +93,10 @@ struct Active {
     /// Keys written by the parts of a large transaction, until its commit position is
     /// known.
     open: Vec<(Vec<u8>, Vec<Value>)>,
+    /// The table's schema in the last stream batch that wrote it.
+    stream_schema: Option<Arc<TableSchema>>,
+    /// Chunks read again in a row because their columns differed from the stream's.
+    reread: u32,
 }
 
 impl Drop for Active {
@@ -205,6 +211,8 @@ impl Resyncs {
                 touched: HashMap::new(),
                 truncated_at: None,
                 open: Vec::new(),
+                stream_schema: None,
+                reread: 0,
             });
             return Ok(());
         }
@@ -252,6 +260,7 @@ impl Resyncs {
                 keys.clear();
             }
             let schema = &changes.schema;
+            active.stream_schema = Some(schema.clone());
             let rows = changes.deletes.iter().chain(&changes.upserts);
             let moved = changes.moves.iter().flat_map(|m| [&m.from, &m.row]);
             for row in rows.chain(moved) {
@@ -321,6 +330,33 @@ impl Resyncs {
                 return Ok(());
             }
             let Some(chunk) = active.pending.pop_front() else { return Ok(()) };
+            // The table's columns changed between the read and now: a chunk with other
+            // columns than the stream's would make the target follow the change back.
+            // Read it again; a read that keeps showing columns the stream has not shown
+            // yet (no change of the table has come since) is newer and is applied.
+            let current = active.stream_schema.as_ref().unwrap_or(&active.plan.source);
+            if chunk.schema.columns != current.columns && active.reread < MAX_REREADS {
+                active.reread += 1;
+                tracing::info!(
+                    pipeline = %cfg.name,
+                    table = %active.plan.source.id,
+                    "the table's columns changed during its resync: reading the chunk again"
+                );
+                active.reader.abort();
+                active.pending.clear();
+                let (tx, chunks) = mpsc::channel(READ_AHEAD);
+                active.chunks = chunks;
+                active.reader_done = false;
+                active.reader = tokio::spawn(read_chunks(
+                    cfg.clone(),
+                    status.clone(),
+                    active.plan.source.clone(),
+                    chunk.after.clone(),
+                    tx,
+                ));
+                return Ok(());
+            }
+            active.reread = 0;
             self.apply_chunk(cfg, status, shutdown, order, sink, applied, chunk).await?;
         }
     }
@@ -470,10 +506,10 @@ async fn read_chunks(
         }
         let chunk_rows = DEFAULT_SNAPSHOT_CHUNK_ROWS;
         loop {
-            let (position, rows) = source.resync_chunk(&schema, chunk_rows, after.as_deref()).await?;
-            let last = if rows.len() < chunk_rows { None } else { rows.last().map(|r| key_of(&schema, r)) };
+            let (position, read_schema, rows) = source.resync_chunk(&schema, chunk_rows, after.as_deref()).await?;
+            let last = if rows.len() < chunk_rows { None } else { rows.last().map(|r| key_of(&read_schema, r)) };
             let done = last.is_none();
-            let chunk = ReadChunk { position, schema: schema.clone(), after: after.clone(), last: last.clone(), rows };
+            let chunk = ReadChunk { position, schema: read_schema, after: after.clone(), last: last.clone(), rows };
             if out.send(Ok(chunk)).await.is_err() {
                 return Ok(());
             }

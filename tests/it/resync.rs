@@ -319,3 +319,29 @@ async fn a_copied_row_the_target_rejects_is_dead_lettered_and_the_rest_arrives()
     assert!(dead.iter().any(|d| d.contains("1234")) && dead.iter().any(|d| d.contains("25000")), "{dead:?}");
     daemon.stop().await;
 }
+
+/// A column added while a table is resynced: chunks read before the change are read
+/// again (the target never follows the change back), and the table converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_added_during_a_resync_is_kept() {
+    let mut p = TestPipeline::new("rs_alter", SETUP, &["public.t"]).await;
+    p.pipeline_extra = "resync_pause_ms = 400".into();
+    let daemon = p.start();
+    p.wait_state("streaming", CONVERGE).await;
+    p.wait_converged("t", "t", CONVERGE).await;
+    let (ok, out) = resync_cli(&p, "public.t");
+    assert!(ok, "tidewater resync failed: {out}");
+    wait_for("a first resync chunk", CONVERGE, || async {
+        table_status(&p, "public.t").await.filter(|t| t["rows_copied"].as_u64().is_some_and(|n| n > 0))
+    })
+    .await;
+    let src = p.source_client().await;
+    src.batch_execute(
+        "ALTER TABLE t ADD COLUMN extra int DEFAULT 7; UPDATE t SET extra = id WHERE id <= 2000 OR id = 49998",
+    )
+    .await
+    .unwrap();
+    wait_resynced(&p, "public.t").await;
+    p.wait_converged("t", "t", CONVERGE).await;
+    daemon.stop().await;
+}

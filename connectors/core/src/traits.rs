@@ -154,14 +154,15 @@ pub trait Source: Send {
     /// whose source position is exact: the first `chunk_rows` rows whose key is greater
     /// than `after` (from the first row without it), in key order with text key columns
     /// compared by their bytes (see [`crate::KeyRange`]). Returns the read's position
-    /// (every transaction at or before it is in the rows, none after) and the rows. Then
-    /// makes sure the stream soon passes that position even on an idle source.
+    /// (every transaction at or before it is in the rows, none after), the table's schema
+    /// as of the read (the rows' columns) and the rows. Then makes sure the stream soon
+    /// passes that position even on an idle source.
     async fn resync_chunk(
         &mut self,
         table: &Arc<TableSchema>,
         chunk_rows: usize,
         after: Option<&[Value]>,
-    ) -> Result<(String, Vec<Vec<Value>>), ConnectorError> {
+    ) -> Result<(String, Arc<TableSchema>, Vec<Vec<Value>>), ConnectorError> {
         let _ = (chunk_rows, after);
         Err(ConnectorError::fatal(format!("this source cannot resync a table ({})", table.id)))
     }

@@ -326,11 +326,10 @@ impl Source for MysqlSource {
         table: &Arc<TableSchema>,
         chunk_rows: usize,
         after: Option<&[Value]>,
-    ) -> Result<(String, Vec<Vec<Value>>), ConnectorError> {
+    ) -> Result<(String, Arc<TableSchema>, Vec<Vec<Value>>), ConnectorError> {
         if table.key.is_empty() {
             return Err(ConnectorError::fatal(format!("{}: a table without a key is not resynced by key", table.id)));
         }
-        let kinds = self.value_kinds(table)?;
         let info = self.info().await?;
         let mut conn = connect(&self.cfg.endpoint, &self.tls, &self.cfg.source_name).await?;
         // MariaDB tells a consistent snapshot's exact binlog position; MySQL's needs the
@@ -342,11 +341,21 @@ impl Source for MysqlSource {
                 crate::snapshot::open(&mut conn, &info).await?
             }
         };
-        let rows = crate::snapshot::read_chunk(&mut conn, table, &kinds, chunk_rows, after, true).await?;
+        // The table's columns as of the read.
+        let catalog = load_table(&mut conn, &table.id, info.flavour).await?;
+        if catalog.schema.key != table.key {
+            return Err(ConnectorError::fatal(format!(
+                "resync of {}: its key changed since the pipeline started; restart the daemon and resync again",
+                table.id
+            )));
+        }
+        let kinds: Vec<ValueKind> = catalog.columns.iter().map(|c| c.kind.clone()).collect();
+        let schema = catalog.schema.clone();
+        let rows = crate::snapshot::read_chunk(&mut conn, &schema, &kinds, chunk_rows, after, true).await?;
         let _ = conn.query_drop("COMMIT").await;
         let _ = conn.disconnect().await;
         // An idle source sends a heartbeat past the position within a second.
-        Ok((BinlogPosition::new(position.file, position.pos, None).to_string(), rows))
+        Ok((BinlogPosition::new(position.file, position.pos, None).to_string(), schema, rows))
     }
 
     fn position_order(&self) -> tidewater_core::PositionOrder {

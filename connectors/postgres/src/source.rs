@@ -451,7 +451,7 @@ impl Source for PgSource {
         table: &Arc<TableSchema>,
         chunk_rows: usize,
         after: Option<&[Value]>,
-    ) -> Result<(String, Vec<Vec<Value>>), ConnectorError> {
+    ) -> Result<(String, Arc<TableSchema>, Vec<Vec<Value>>), ConnectorError> {
         if table.key.is_empty() {
             return Err(ConnectorError::fatal(format!("{}: a table without a key is not resynced by key", table.id)));
         }
@@ -467,11 +467,22 @@ impl Source for PgSource {
             tracing::debug!(slot = %name, error = %e, "could not drop the resync slot (it goes with its session)");
         }
         let _ = exporter.close().await;
+        // The table's columns as of the read (the catalog is read under the same snapshot).
+        let relid = self.tables.iter().find(|(id, _)| *id == table.id).map(|(_, relid)| *relid).ok_or_else(|| {
+            ConnectorError::fatal(format!("resync of {}: the table was not described by this source", table.id))
+        })?;
+        let schema = crate::catalog::table_schema(&reader, &table.id, relid).await?;
+        if schema.key != table.key {
+            return Err(ConnectorError::fatal(format!(
+                "resync of {}: its key changed since the pipeline started; restart the daemon and resync again",
+                table.id
+            )));
+        }
         let casts = crate::catalog::cast_types(&reader, &table.id).await?;
         let from = quote_table(&table.id);
         let rows = crate::snapshot::read_chunk(
             &reader,
-            table,
+            &schema,
             &from,
             &casts,
             chunk_rows,
@@ -485,7 +496,7 @@ impl Source for PgSource {
         if let Err(e) = reader.batch_execute("SELECT pg_logical_emit_message(false, 'tidewater', '')").await {
             tracing::debug!(error = %e, "could not write a WAL message after the resync read");
         }
-        Ok((position, rows))
+        Ok((position, schema, rows))
     }
 
     fn prefer_raw(&mut self, format: Option<tidewater_core::RawFormat>) {
