@@ -35,6 +35,7 @@ pg_dump                postgresql-client-15  all          /usr/lib/postgresql/15
 mariadbd               mariadb-server        all          /usr/sbin/mariadbd
 mariadb-install-db     mariadb-server        all          -
 mariadb                mariadb-client        all          -
+mariadb-dump           mariadb-client        all          -
 # -- dashboard test (tests/it/ops.rs), systemd unit rating (tests/it/ops.rs)
 chromium               chromium              all          -
 systemd-analyze        systemd               all          -
