@@ -20,6 +20,7 @@
 # Environment:
 #   SNAP_ROWS=1000000      rows of the table
 #   SNAP_ORDER=native-first | tidewater-first
+#   SNAP_PARALLELISM=N     the pipeline's snapshot_parallelism (default: tidewater's own)
 #   TIDEWATER_BIN=path     use this binary instead of `cargo build --release`
 #   PG_BIN=/usr/lib/postgresql/15/bin
 #
@@ -108,6 +109,10 @@ source = "src"
 target = "dst"
 snapshot = "initial"
 EOF
+if [[ -n "${SNAP_PARALLELISM:-}" ]]; then
+    [[ "$SNAP_PARALLELISM" =~ ^[0-9]+$ ]] || tw_die "SNAP_PARALLELISM must be a number"
+    echo "snapshot_parallelism = $SNAP_PARALLELISM" >>"$CONFIG"
+fi
 
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
@@ -161,7 +166,7 @@ status=0
 
 rate() { awk -v n="$ROWS" -v s="$1" 'BEGIN { printf "%.0f", (s > 0 ? n / s : 0) }'; }
 echo
-echo "snapshot of $ROWS rows ($SIZE), order $ORDER"
+echo "snapshot of $ROWS rows ($SIZE), order $ORDER${SNAP_PARALLELISM:+, snapshot_parallelism $SNAP_PARALLELISM}"
 printf '  %-26s %8ss  %9s rows/s\n' "pg_dump -t | psql" "$NATIVE_S" "$(rate "$NATIVE_S")"
 printf '  %-26s %8ss  %9s rows/s  peak RSS %s MiB, CPU %ss\n' "tidewater" "$TW_S" "$(rate "$TW_S")" \
     "$(awk -v k="${TW_RSS:-0}" 'BEGIN { printf "%.0f", k / 1024 }')" "${TW_CPU:-?}"
