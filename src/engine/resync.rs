@@ -97,6 +97,8 @@ struct Active {
     stream_schema: Option<Arc<TableSchema>>,
     /// Chunks read again in a row because their columns differed from the stream's.
     reread: u32,
+    /// The reader's error.
+    failed: Option<ConnectorError>,
 }
 
 impl Drop for Active {
@@ -213,6 +215,7 @@ impl Resyncs {
                 open: Vec::new(),
                 stream_schema: None,
                 reread: 0,
+                failed: None,
             });
             return Ok(());
         }
@@ -226,7 +229,10 @@ impl Resyncs {
         };
         match active.chunks.recv().await {
             Some(Ok(chunk)) => active.pending.push_back(chunk),
-            Some(Err(e)) => return Err(e),
+            Some(Err(e)) => {
+                active.failed = Some(e);
+                active.reader_done = true;
+            }
             None => active.reader_done = true,
         }
         Ok(())
@@ -238,7 +244,10 @@ impl Resyncs {
         while !active.reader_done {
             match active.chunks.try_recv() {
                 Ok(Ok(chunk)) => active.pending.push_back(chunk),
-                Ok(Err(e)) => return Err(e),
+                Ok(Err(e)) => {
+                    active.failed = Some(e);
+                    active.reader_done = true;
+                }
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => active.reader_done = true,
             }
@@ -305,6 +314,25 @@ impl Resyncs {
         applied: &str,
     ) -> Result<(), ConnectorError> {
         self.poll()?;
+        if let Some(e) = self.active.as_mut().and_then(|a| a.failed.take()) {
+            if e.class != tidewater_core::ErrorClass::Fatal {
+                return Err(e); // the run restarts and the resync continues
+            }
+            // A resync that cannot be done ends; the pipeline streams on.
+            let Some(active) = self.active.take() else { return Ok(()) };
+            let name = active.plan.source.id.to_string();
+            let message = format!("resync of {name} abandoned: {e}");
+            tracing::error!(pipeline = %cfg.name, table = %name, error = %e, "resync abandoned");
+            self.queue.retain(|entry| entry.table != name);
+            {
+                let mut f = status.figures();
+                if let Some(t) = f.table_mut(&name) {
+                    t.state = TableState::Streaming;
+                    t.last_error = Some(message);
+                }
+            }
+            self.start_next(cfg, status)?;
+        }
         loop {
             let Some(active) = self.active.as_mut() else { return Ok(()) };
             let ready = match active.pending.front() {
