@@ -25,6 +25,8 @@ SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$SCRIPT_DIR/lib/pg.sh"
 # shellcheck source=lib/mysql.sh
 source "$SCRIPT_DIR/lib/mysql.sh"
+# shellcheck source=lib/snapshot.sh
+source "$SCRIPT_DIR/lib/snapshot.sh"
 
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
@@ -107,64 +109,23 @@ snapshot = "initial"
 "bench.snap" = "public.snap"
 EOF
 
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
-
 NATIVE_S=""
 run_native() {
     tw_log "native: mariadb-dump bench snap | mariadb bench_native"
     local t0 t1
-    t0="$(now)"
+    t0="$(snap_now)"
     mariadb-dump --no-defaults -uroot --socket="$(my_sock my_source)" bench snap |
         mariadb --no-defaults -uroot --socket="$(my_sock my_target)" bench_native
-    t1="$(now)"
-    NATIVE_S="$(elapsed "$t0" "$t1")"
+    t1="$(snap_now)"
+    NATIVE_S="$(snap_elapsed "$t0" "$t1")"
 }
 
-TW_S="" TW_RSS="" TW_CPU=""
-run_tidewater() {
-    tw_log "tidewater: snapshot into bench_tidewater"
-    local t0 t1 pid
-    t0="$(now)"
-    "$TIDEWATER" run --config "$CONFIG" >"$TW_WORK/tidewater.log" 2>&1 &
-    pid=$!
-    tw_track_pid "$pid"
-    my_sql my_target -e "CALL bench_tidewater.bench_wait_snapshot('snap')" >/dev/null
-    t1="$(now)"
-    TW_S="$(elapsed "$t0" "$t1")"
-    TW_RSS="$(tw_vm_hwm_kib "$pid")"
-    TW_CPU="$(tw_cpu_seconds "$pid")"
-    tw_stop_pid "$pid"
-    tw_untrack_pid "$pid"
-}
-
-if [[ "$ORDER" == native-first ]]; then
-    run_native
-    run_tidewater
-else
-    run_tidewater
-    run_native
-fi
+snap_run_both "$CONFIG" my_sql my_target -e "CALL bench_tidewater.bench_wait_snapshot('snap')"
 
 fingerprint() {
     my_sql "$1" -e "SELECT CONCAT(COUNT(*), ' ', SUM(CRC32(id) + CRC32(a) + CRC32(b) + CRC32(c) + CRC32(d)
         + CRC32(e) + CRC32(JSON_VALUE(f, '\$.g')))) FROM $2.snap"
 }
 tw_log "verifying"
-SRC_FP="$(fingerprint my_source bench)"
-NATIVE_FP="$(fingerprint my_target bench_native)"
-TW_FP="$(fingerprint my_target bench_tidewater)"
-status=0
-[[ "$NATIVE_FP" == "$SRC_FP" ]] || { tw_warn "native copy differs: $NATIVE_FP vs source $SRC_FP"; status=1; }
-[[ "$TW_FP" == "$SRC_FP" ]] || { tw_warn "tidewater copy differs: $TW_FP vs source $SRC_FP"; status=1; }
-
-rate() { awk -v n="$ROWS" -v s="$1" 'BEGIN { printf "%.0f", (s > 0 ? n / s : 0) }'; }
-echo
-echo "MariaDB snapshot of $ROWS rows, order $ORDER"
-printf '  %-30s %8ss  %9s rows/s\n' "mariadb-dump | mariadb" "$NATIVE_S" "$(rate "$NATIVE_S")"
-printf '  %-30s %8ss  %9s rows/s  peak RSS %s MiB, CPU %ss\n' "tidewater" "$TW_S" "$(rate "$TW_S")" \
-    "$(awk -v k="${TW_RSS:-0}" 'BEGIN { printf "%.0f", k / 1024 }')" "${TW_CPU:-?}"
-printf '  ratio (dump|load time / tidewater time): %s\n' \
-    "$(awk -v a="$NATIVE_S" -v b="$TW_S" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
-[[ "$status" == 0 ]] && echo "  copies verified: count and checksum equal to the source"
-exit "$status"
+snap_report "MariaDB snapshot of $ROWS rows, order $ORDER" "mariadb-dump | mariadb" \
+    "$(fingerprint my_source bench)" "$(fingerprint my_target bench_native)" "$(fingerprint my_target bench_tidewater)"

@@ -30,6 +30,8 @@ set -euo pipefail
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib/pg.sh
 source "$SCRIPT_DIR/lib/pg.sh"
+# shellcheck source=lib/snapshot.sh
+source "$SCRIPT_DIR/lib/snapshot.sh"
 
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
@@ -114,63 +116,23 @@ if [[ -n "${SNAP_PARALLELISM:-}" ]]; then
     echo "snapshot_parallelism = $SNAP_PARALLELISM" >>"$CONFIG"
 fi
 
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
-
 NATIVE_S=""
 run_native() {
     tw_log "native: pg_dump -t public.snap | psql"
     local t0 t1
-    t0="$(now)"
+    t0="$(snap_now)"
     PGUSER=postgres "$PG_BIN/pg_dump" -h "$(pg_sock source)" -p "$(pg_port source)" -t public.snap --no-owner bench |
         PGUSER=postgres "$PSQL" -X -q -v ON_ERROR_STOP=1 -h "$(pg_sock target)" -p "$(pg_port target)" -d bench_native >/dev/null
-    t1="$(now)"
-    NATIVE_S="$(elapsed "$t0" "$t1")"
+    t1="$(snap_now)"
+    NATIVE_S="$(snap_elapsed "$t0" "$t1")"
 }
 
-TW_S="" TW_RSS="" TW_CPU=""
-run_tidewater() {
-    tw_log "tidewater: snapshot into bench_tidewater"
-    local t0 t1 pid
-    t0="$(now)"
-    "$TIDEWATER" run --config "$CONFIG" >"$TW_WORK/tidewater.log" 2>&1 &
-    pid=$!
-    tw_track_pid "$pid"
-    pg_psql target bench_tidewater -c "SELECT public.bench_wait_snapshot('snap')" >/dev/null
-    t1="$(now)"
-    TW_S="$(elapsed "$t0" "$t1")"
-    TW_RSS="$(tw_vm_hwm_kib "$pid")"
-    TW_CPU="$(tw_cpu_seconds "$pid")"
-    tw_stop_pid "$pid"
-    tw_untrack_pid "$pid"
-}
-
-if [[ "$ORDER" == native-first ]]; then
-    run_native
-    run_tidewater
-else
-    run_tidewater
-    run_native
-fi
+snap_run_both "$CONFIG" pg_psql target bench_tidewater -c "SELECT public.bench_wait_snapshot('snap')"
 
 fingerprint() {
     pg_psql "$1" "$2" -c "SELECT count(*) || ' ' || md5(string_agg(s::text, ',' ORDER BY id)) FROM public.snap s"
 }
 tw_log "verifying"
-SRC_FP="$(fingerprint source bench)"
-NATIVE_FP="$(fingerprint target bench_native)"
-TW_FP="$(fingerprint target bench_tidewater)"
-status=0
-[[ "$NATIVE_FP" == "$SRC_FP" ]] || { tw_warn "native copy differs: $NATIVE_FP vs source $SRC_FP"; status=1; }
-[[ "$TW_FP" == "$SRC_FP" ]] || { tw_warn "tidewater copy differs: $TW_FP vs source $SRC_FP"; status=1; }
-
-rate() { awk -v n="$ROWS" -v s="$1" 'BEGIN { printf "%.0f", (s > 0 ? n / s : 0) }'; }
-echo
-echo "snapshot of $ROWS rows ($SIZE), order $ORDER${SNAP_PARALLELISM:+, snapshot_parallelism $SNAP_PARALLELISM}"
-printf '  %-26s %8ss  %9s rows/s\n' "pg_dump -t | psql" "$NATIVE_S" "$(rate "$NATIVE_S")"
-printf '  %-26s %8ss  %9s rows/s  peak RSS %s MiB, CPU %ss\n' "tidewater" "$TW_S" "$(rate "$TW_S")" \
-    "$(awk -v k="${TW_RSS:-0}" 'BEGIN { printf "%.0f", k / 1024 }')" "${TW_CPU:-?}"
-printf '  ratio (pg_dump|psql time / tidewater time): %s\n' \
-    "$(awk -v a="$NATIVE_S" -v b="$TW_S" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
-[[ "$status" == 0 ]] && echo "  copies verified: count and md5 equal to the source"
-exit "$status"
+snap_report "snapshot of $ROWS rows ($SIZE), order $ORDER${SNAP_PARALLELISM:+, snapshot_parallelism $SNAP_PARALLELISM}" \
+    "pg_dump -t | psql" "$(fingerprint source bench)" "$(fingerprint target bench_native)" \
+    "$(fingerprint target bench_tidewater)"
