@@ -612,7 +612,13 @@ async fn copy_or_upsert<C: GenericClient + CopyIn + Sync>(
         data.extend_from_slice(b"\n");
     }
     let what = || format!("loading copied rows into {target}");
-    tx.batch_execute("SAVEPOINT tidewater_copy").await.map_err(|e| pg_error(what(), e))?;
+    // A copy's commit need not wait for its WAL flush: were it lost in a crash, so would
+    // its checkpoint be (the copy continues from the chunk before), and the stream
+    // acknowledges source positions only after commits that do wait, which make every
+    // earlier one durable.
+    tx.batch_execute("SET LOCAL synchronous_commit = off; SAVEPOINT tidewater_copy")
+        .await
+        .map_err(|e| pg_error(what(), e))?;
     let copied = async {
         let sink = tx.copy_in_sink(&format!("COPY {} ({columns}) FROM STDIN", quote_table(target))).await?;
         futures_util::pin_mut!(sink);
