@@ -345,3 +345,41 @@ async fn a_column_added_during_a_resync_is_kept() {
     p.wait_converged("t", "t", CONVERGE).await;
     daemon.stop().await;
 }
+
+/// With `status.token_file`, `POST /pipelines/NAME/resync` needs the bearer token; the CLI
+/// sends the configuration's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_resync_call_needs_the_status_token_and_the_cli_sends_it() {
+    let p = TestPipeline::new("rs_token", SETUP, &["public.t"]).await;
+    let token_file = p.dir.path().join("status-token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let text = p.config_text().replace("[status]\n", &format!("[status]\ntoken_file = \"{}\"\n", token_file.display()));
+    let config = p.dir.path().join("with-token.toml");
+    std::fs::write(&config, &text).unwrap();
+    let daemon = InProcess::start(&text);
+    let url = format!("http://127.0.0.1:{}/pipelines/{}/resync", p.status_port, p.name);
+    let body = Some(r#"{"table": "public.t"}"#);
+    let status = wait_for("the status server", CONVERGE, || async {
+        tidewater::http_request("POST", &url, None, body).await.ok().map(|(code, _, _)| code)
+    })
+    .await;
+    assert_eq!(status, 401, "no token, no resync");
+    let (code, _, _) = tidewater::http_request("POST", &url, Some("wrong"), body).await.unwrap();
+    assert_eq!(code, 401, "a wrong token, no resync");
+    wait_for("pipeline streaming", CONVERGE, || async {
+        let json =
+            tidewater::http_get_with_token(&format!("http://127.0.0.1:{}/status", p.status_port), Some("s3cret-token"))
+                .await
+                .ok()?;
+        json.contains("\"state\":\"streaming\"").then_some(())
+    })
+    .await;
+    let out = Command::new(env!("CARGO_BIN_EXE_tidewater"))
+        .args(["resync", "--config"])
+        .arg(&config)
+        .args(["--pipeline", &p.name, "--table", "public.t"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    daemon.stop().await;
+}
