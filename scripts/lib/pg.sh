@@ -17,7 +17,8 @@
 # server.log, port (its TCP port on 127.0.0.1).
 #
 # Environment: PG_BIN (default /usr/lib/postgresql/15/bin), PSQL (default: /usr/bin/psql if
-# present, else $PG_BIN/psql).
+# present, else $PG_BIN/psql), TW_DURABLE=1 (fsync, synchronous_commit and full_page_writes
+# on, as in production; default off for speed).
 
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
 if [[ -z "${PSQL:-}" ]]; then
@@ -155,6 +156,10 @@ tw_cleanup() {
 
 # ------------------------------------------------------------------ servers
 
+# pg_durable_setting FAST DURABLE: FAST, or DURABLE when TW_DURABLE=1 (servers that flush
+# their WAL at every commit, as production servers do).
+pg_durable_setting() { if [[ "${TW_DURABLE:-0}" == 1 ]]; then echo "$2"; else echo "$1"; fi; }
+
 pg_dir() { echo "$TW_WORK/$1"; }
 pg_port() { cat "$TW_WORK/$1/port"; }
 pg_sock() { echo "$TW_WORK/$1/sock"; }
@@ -190,9 +195,9 @@ wal_level = logical
 max_replication_slots = 20
 max_wal_senders = 20
 max_connections = 100
-fsync = off
-synchronous_commit = off
-full_page_writes = off
+fsync = $(pg_durable_setting off on)
+synchronous_commit = $(pg_durable_setting off on)
+full_page_writes = $(pg_durable_setting off on)
 shared_buffers = 256MB
 max_wal_size = 4GB
 checkpoint_timeout = 30min
