@@ -24,7 +24,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tidewater_core::{
     ApplyBatch, ApplyReport, Checkpoint, ConnectorError, CopiedTable, RawFormat, Sink, Source, TableChanges, TableId,
-    TablePlan, Value,
+    TablePlan, TableSchema, Value,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -67,32 +67,35 @@ impl CopyProgress {
         let Some(after) = self.tables.get(&plan.source.id.to_string()).and_then(|t| t.after.as_ref()) else {
             return Ok(None);
         };
-        let schema = &plan.source;
-        if after.len() != schema.key.len() {
-            return Err(ConnectorError::transient(format!(
-                "the recorded copy progress of {} does not fit its key; copying it again",
-                schema.id
-            )));
-        }
-        schema
-            .key
-            .iter()
-            .zip(after)
-            .map(|(&i, json)| {
-                Value::from_json(&schema.columns[i].kind, json).map_err(|e| {
-                    ConnectorError::fatal(format!(
-                        "copy progress of {}: key column {}: {e}",
-                        schema.id, schema.columns[i].name
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some)
+        key_from_json(&plan.source, after).map(Some).map_err(|e| {
+            ConnectorError::fatal(format!(
+                "the recorded copy progress of {}: {e}; delete this pipeline's row from tidewater_checkpoints in \
+                 the target to take the snapshot again",
+                plan.source.id
+            ))
+        })
     }
 
     fn is_done(&self, plan: &TablePlan) -> bool {
         self.tables.get(&plan.source.id.to_string()).is_some_and(|t| t.done)
     }
+}
+
+/// A key recorded as JSON values in key order (copy and resync progress), decoded with
+/// `schema`'s key column types.
+pub(super) fn key_from_json(schema: &TableSchema, json: &[serde_json::Value]) -> Result<Vec<Value>, String> {
+    if json.len() != schema.key.len() {
+        return Err("it does not fit the table's key".into());
+    }
+    schema
+        .key
+        .iter()
+        .zip(json)
+        .map(|(&i, v)| {
+            let column = &schema.columns[i];
+            Value::from_json(&column.kind, v).map_err(|e| format!("key column {}: {e}", column.name))
+        })
+        .collect()
 }
 
 /// Every planned table and each of its parts (partitions), as copied at `position`.

@@ -488,22 +488,13 @@ impl Resyncs {
 }
 
 fn decode_key(schema: &TableSchema, json: &[serde_json::Value]) -> Result<Vec<Value>, ConnectorError> {
-    if json.len() != schema.key.len() {
-        return Err(ConnectorError::fatal(format!(
-            "the recorded resync progress of {} does not fit its key: delete its \"resync\" entry from \
+    super::copy::key_from_json(schema, json).map_err(|e| {
+        ConnectorError::fatal(format!(
+            "the recorded resync progress of {}: {e}; delete its \"resync\" entry from \
              tidewater_checkpoints.copy_progress and resync again",
             schema.id
-        )));
-    }
-    schema
-        .key
-        .iter()
-        .zip(json)
-        .map(|(&i, v)| {
-            Value::from_json(&schema.columns[i].kind, v)
-                .map_err(|e| ConnectorError::fatal(format!("resync progress of {}: {e}", schema.id)))
-        })
-        .collect()
+        ))
+    })
 }
 
 /// The reader task: reads `table` chunk by chunk after `after` from a source

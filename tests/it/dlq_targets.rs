@@ -90,18 +90,13 @@ async fn verify_and_replay_from_postgres_into_mariadb_and_sqlite() {
     let my = mysql_target().await;
     for kind in ["mariadb", "sqlite"] {
         let mut p = TestPipeline::new(&format!("vr{kind}"), SETUP, &["public.k"]).await;
-        std::fs::write(p.dir.path().join("mypw"), MYSQL_PASSWORD).unwrap();
         let file = p.dir.path().join("edge.db");
         let db = fresh_mysql_db(my, "vr").await;
-        p.target_override = Some(if kind == "mariadb" {
-            format!(
-                "[targets.dst]\ntype = \"mysql\"\nurl = \"{}\"\npassword_file = \"{}\"",
-                my.url(&db),
-                p.dir.path().join("mypw").display()
-            )
+        if kind == "mariadb" {
+            p.target_mysql(my, &db);
         } else {
-            format!("[targets.dst]\ntype = \"sqlite\"\npath = \"{}\"", file.display())
-        });
+            p.target_sqlite(&file);
+        }
         let daemon = p.start();
         p.wait_state("streaming", WAIT).await;
         wait_for("snapshot verified", WAIT, || async { cli(&["verify", "--config"], &p).0.then_some(()) }).await;

@@ -213,7 +213,7 @@ fn verify(p: &TestPipeline) -> (bool, String) {
 /// resync of each table (an integer key and a text key in a collation unlike its bytes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resyncs_repair_mariadb_and_sqlite_targets() {
-    use crate::support::mysql::{fresh_mysql_db, mysql_target, MYSQL_PASSWORD};
+    use crate::support::mysql::{fresh_mysql_db, mysql_target};
     const EDITS: [&str; 9] = [
         "DELETE FROM t WHERE id % 1000 = 0",
         "INSERT INTO t VALUES (1, 'stray', 0), (20001, 'stray', 0), (-5, 'before', 0), (90000, 'after', 0)",
@@ -228,18 +228,13 @@ async fn resyncs_repair_mariadb_and_sqlite_targets() {
     let my = mysql_target().await;
     for kind in ["mariadb", "sqlite"] {
         let mut p = TestPipeline::new(&format!("rs{kind}"), SETUP, &["public.t", "public.tk", "public.other"]).await;
-        std::fs::write(p.dir.path().join("mypw"), MYSQL_PASSWORD).unwrap();
         let file = p.dir.path().join("target.db");
         let db = fresh_mysql_db(my, "rs").await;
-        p.target_override = Some(if kind == "mariadb" {
-            format!(
-                "[targets.dst]\ntype = \"mysql\"\nurl = \"{}\"\npassword_file = \"{}\"",
-                my.url(&db),
-                p.dir.path().join("mypw").display()
-            )
+        if kind == "mariadb" {
+            p.target_mysql(my, &db);
         } else {
-            format!("[targets.dst]\ntype = \"sqlite\"\npath = \"{}\"", file.display())
-        });
+            p.target_sqlite(&file);
+        }
         let daemon = p.start();
         p.wait_state("streaming", CONVERGE).await;
         wait_for(&format!("{kind}: copy verified"), CONVERGE, || async { verify(&p).0.then_some(()) }).await;

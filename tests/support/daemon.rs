@@ -131,6 +131,22 @@ max_batch_delay_ms = 20
         )
     }
 
+    /// Writes into database `db` of the MySQL/MariaDB server `server` instead.
+    pub fn target_mysql(&mut self, server: &super::mysql::MyServer, db: &str) {
+        let pw = self.dir.path().join("mypw");
+        std::fs::write(&pw, super::mysql::MYSQL_PASSWORD).expect("write password file");
+        self.target_override = Some(format!(
+            "[targets.dst]\ntype = \"mysql\"\nurl = \"{}\"\npassword_file = \"{}\"",
+            server.url(db),
+            pw.display()
+        ));
+    }
+
+    /// Writes into the SQLite file `file` instead.
+    pub fn target_sqlite(&mut self, file: &std::path::Path) {
+        self.target_override = Some(format!("[targets.dst]\ntype = \"sqlite\"\npath = \"{}\"", file.display()));
+    }
+
     pub fn config_path(&self) -> PathBuf {
         let path = self.dir.path().join("tidewater.toml");
         std::fs::write(&path, self.config_text()).expect("write config");

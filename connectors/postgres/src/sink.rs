@@ -596,9 +596,6 @@ async fn copy_or_upsert<C: GenericClient + CopyIn + Sync>(
     let casts = cast_types(state, schema, target)?;
     let columns = schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
     let mut data = bytes::BytesMut::with_capacity(changes.upserts.len() * 128);
-    if let Some(raw) = &changes.raw {
-        data.extend_from_slice(&raw.data);
-    }
     for row in &changes.upserts {
         for (i, value) in row.iter().enumerate() {
             if i > 0 {
@@ -622,7 +619,13 @@ async fn copy_or_upsert<C: GenericClient + CopyIn + Sync>(
     let copied = async {
         let sink = tx.copy_in_sink(&format!("COPY {} ({columns}) FROM STDIN", quote_table(target))).await?;
         futures_util::pin_mut!(sink);
-        futures_util::SinkExt::send(&mut sink, data.freeze()).await?;
+        if let Some(raw) = &changes.raw {
+            // As the source sent it, without a copy.
+            futures_util::SinkExt::send(&mut sink, bytes::Bytes::from_owner(raw.data.clone())).await?;
+        }
+        if !data.is_empty() {
+            futures_util::SinkExt::send(&mut sink, data.freeze()).await?;
+        }
         sink.finish().await
     }
     .await;
